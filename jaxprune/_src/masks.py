@@ -1,0 +1,164 @@
+"""Magnitude masks: pure functions from weights to boolean masks (``True`` = kept).
+
+The rule is TensorFlow Model Optimization's, exactly: for ``n`` weights and sparsity ``s``,
+
+.. math::
+
+    k = \\max(\\mathrm{round\\_half\\_to\\_even}(n (1 - s)), 1), \\qquad
+    t = k\\text{-th largest } |w|, \\qquad \\mathrm{mask} = |w| \\ge t
+
+computed in float32. Every weight whose magnitude ties with the threshold is kept, so more than
+``k`` entries may survive; all-zero and constant tensors are never pruned; NaN ranks as the
+largest magnitude and is kept. The threshold is found by an exact linear-time radix select
+(:mod:`jaxprune._src.selection`), never a sort.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxprune._src import selection, spec
+from jaxprune._src.base import Array, ArrayLike, LeafRule, Masks, Params, check_sparsity
+
+
+def _check_float(x: Array, name: str) -> None:
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"{name} must have a floating-point dtype, got {x.dtype}")
+
+
+def magnitude_threshold(x: ArrayLike, sparsity: ArrayLike) -> tuple[Array, Array]:
+    """The magnitude mask of ``x`` and its threshold (the k-th largest ``|x|``, x's dtype)."""
+    x = jnp.asarray(x)
+    _check_float(x, "x")
+    if x.size == 0:
+        return jnp.ones(x.shape, bool), jnp.zeros((), x.dtype)
+    keys = selection.magnitude_keys(x)
+    k = selection.kept_count(x.size, sparsity)
+    kth = selection.kth_largest_key([keys], k)
+    return keys >= kth, selection.key_to_magnitude(kth, x.dtype)
+
+
+def magnitude_mask(x: ArrayLike, sparsity: ArrayLike) -> Array:
+    """Keeps the largest magnitudes of ``x`` so that a fraction ``sparsity`` is pruned.
+
+    The rule and its float32 rounding are tfmot's (``prune_low_magnitude``):
+    ``k = max(round_half_to_even(n·(1 − s)), 1)`` entries are kept, the threshold is the k-th
+    largest ``|x|``, and every entry with ``|x| >= threshold`` is kept, so ties at the threshold
+    all survive. Consequences: an all-zero or constant ``x`` is never pruned, ``sparsity = 1``
+    still keeps one entry, and NaN (ranked above ``inf``) is always kept.
+
+    Args:
+      x: float array of any rank and float dtype.
+      sparsity: fraction to prune in ``[0, 1]``; may be traced.
+
+    Returns:
+      A bool array of ``x``'s shape, ``True`` where the entry is kept.
+
+    Raises:
+      TypeError: if ``x`` is not a float array.
+      ValueError: if a concrete ``sparsity`` is outside ``[0, 1]``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jaxprune as jp
+      >>> jp.magnitude_mask(jnp.array([0.1, -3.0, 0.5, 2.0]), 0.5)
+      Array([False,  True, False,  True], dtype=bool)
+    """
+    check_sparsity(sparsity, "sparsity", allow_one=True)
+    return magnitude_threshold(x, sparsity)[0]
+
+
+def global_threshold(leaves: list[Array], sparsity: ArrayLike) -> tuple[list[Array], Array]:
+    """Masks for ``leaves`` ranked together under one threshold, and that threshold.
+
+    The threshold is returned in the widest float dtype of ``leaves``.
+    """
+    dtypes = [x.dtype for x in leaves]
+    ktype = selection.key_dtype(dtypes)
+    keys = [selection.magnitude_keys(x, ktype) for x in leaves]
+    total = sum(x.size for x in leaves)
+    kth = selection.kth_largest_key(keys, selection.kept_count(total, sparsity))
+    widest = max(dtypes, key=lambda d: jnp.dtype(d).itemsize)
+    return [kk >= kth for kk in keys], selection.key_to_magnitude(kth, widest)
+
+
+def global_magnitude_masks(
+    params: Params, sparsity: ArrayLike, *, prune: LeafRule | None = None
+) -> Masks:
+    """Magnitude masks with one threshold shared by all selected leaves of ``params``.
+
+    The same rule as :func:`magnitude_mask`, applied to the magnitudes of all selected leaves
+    together: ``k`` is computed from their total size, and every selected entry with
+    ``|w| >=`` the k-th largest magnitude is kept. Layers with larger weights therefore keep
+    more of them.
+
+    Args:
+      params: a pytree of arrays.
+      sparsity: fraction of the selected entries to prune, in ``[0, 1]``; may be traced.
+      prune: which leaves take part: a regex searched in the ``/``-joined leaf path, or a
+        predicate ``(path, leaf) -> bool``. Default: float leaves of rank >= 2.
+
+    Returns:
+      A pytree shaped like ``params``: bool arrays of the leaf's shape for selected leaves, and
+      a scalar ``True`` for the others, so ``jax.tree.map(jnp.where, masks, params, 0)`` works.
+
+    Raises:
+      ValueError: for a sparsity outside ``[0, 1]`` or a rule that matches no leaf.
+      TypeError: if the rule selects a non-float leaf.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jaxprune as jp
+      >>> params = {"a": jnp.array([[1.0, 2.0], [3.0, 4.0]]), "b": jnp.array([[9.0, 0.5]])}
+      >>> masks = jp.global_magnitude_masks(params, 0.5)
+      >>> masks["a"]
+      Array([[False, False],
+             [ True,  True]], dtype=bool)
+      >>> masks["b"]
+      Array([[ True, False]], dtype=bool)
+    """
+    check_sparsity(sparsity, "sparsity", allow_one=True)
+    rule = spec.compile_rule(prune, "prune")
+    paths, leaves, treedef = spec.flatten(params)
+    chosen = spec.select(paths, leaves, rule)
+    picked = [jnp.asarray(x) for x, on in zip(leaves, chosen) if on]
+    out = [jnp.ones((), bool)] * len(leaves)
+    if picked:
+        masks, _ = global_threshold(picked, sparsity)
+        it = iter(masks)
+        out = [next(it) if on else m for on, m in zip(chosen, out)]
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def apply_masks(params: Params, masks: Masks) -> Params:
+    """Zeroes the pruned entries of ``params``: ``where(mask, param, 0)`` leaf by leaf.
+
+    Works with masks from any jaxprune function (scalar ``True`` leaves keep the leaf as is).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jaxprune as jp
+      >>> jp.apply_masks({"w": jnp.array([1.0, -2.0])}, {"w": jnp.array([False, True])})
+      {'w': Array([ 0., -2.], dtype=float32)}
+    """
+    return jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros((), jnp.asarray(p).dtype)),
+                        params, masks)
+
+
+def masks_like(params: Params, chosen: list[bool]) -> list[Any]:
+    """All-``True`` masks: leaf-shaped for the chosen leaves, scalar ``True`` for the others."""
+    leaves = jax.tree_util.tree_leaves(params)
+    return [
+        jnp.ones(jnp.shape(x), bool) if on else jnp.ones((), bool)
+        for x, on in zip(leaves, chosen)
+    ]
+
+
+__all__ = [
+    "magnitude_mask",
+    "global_magnitude_masks",
+    "apply_masks",
+]

@@ -1,0 +1,130 @@
+"""Which leaves of a params tree are pruned.
+
+By default a leaf is pruned when it is a floating-point array of rank >= 2 with at least one
+entry: kernels of dense and convolution layers, and embedding tables. Biases, normalisation
+scales, scalars and integer leaves are left alone. A rule given by the user replaces the
+default:
+
+* a regex (``str`` or compiled pattern), searched (``re.search``, unanchored) in the leaf's
+  path joined with ``/``, e.g. ``params/Dense_0/kernel``;
+* a predicate ``rule(path, leaf) -> bool``.
+
+A rule that selects no leaf, or that selects a non-float leaf, is an error: both are almost
+always a typo in the rule. Scalars and empty leaves that a rule matches are skipped (there is
+nothing to prune in them).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+
+from jaxprune._src.base import LeafRule, is_float_array, path_str
+
+
+def compile_rule(rule: LeafRule | None, name: str) -> Any:
+    """Validates a leaf rule at construction time; returns a compiled regex or the predicate."""
+    if rule is None or callable(rule) and not isinstance(rule, (str, re.Pattern)):
+        return rule
+    if isinstance(rule, re.Pattern):
+        return rule
+    if isinstance(rule, str):
+        try:
+            return re.compile(rule)
+        except re.error as e:
+            raise ValueError(f"{name} is not a valid regular expression: {rule!r} ({e})") from e
+    raise TypeError(
+        f"{name} must be a regex string, a compiled pattern or a predicate (path, leaf) -> bool, "
+        f"got {rule!r}"
+    )
+
+
+def _matches(rule: Any, path: str, leaf: Any) -> bool:
+    if isinstance(rule, re.Pattern):
+        return rule.search(path) is not None
+    return bool(rule(path, leaf))
+
+
+def default_prunable(leaf: Any) -> bool:
+    """Float arrays of rank >= 2 with at least one entry."""
+    shape = getattr(leaf, "shape", None)
+    return shape is not None and is_float_array(leaf) and len(shape) >= 2 and leaf.size > 0
+
+
+def flatten(tree: Any) -> tuple[list[str], list[Any], Any]:
+    """Paths, leaves and treedef of a params tree."""
+    flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    return [path_str(p) for p, _ in flat], [leaf for _, leaf in flat], treedef
+
+
+def select(paths: list[str], leaves: list[Any], rule: Any, name: str = "prune") -> list[bool]:
+    """For each leaf, whether it is pruned under ``rule`` (``None``: the default)."""
+    if rule is None:
+        return [default_prunable(leaf) for leaf in leaves]
+    chosen = []
+    any_match = False
+    for path, leaf in zip(paths, leaves):
+        if not _matches(rule, path, leaf):
+            chosen.append(False)
+            continue
+        any_match = True
+        if not is_float_array(leaf):
+            raise TypeError(
+                f"{name} selects {path!r}, which is not a floating-point array "
+                f"(dtype {getattr(leaf, 'dtype', type(leaf).__name__)}); only float leaves can "
+                "be pruned"
+            )
+        chosen.append(leaf.ndim > 0 and leaf.size > 0)
+    if not any_match:
+        raise ValueError(f"{name}={_describe(rule)} matches no leaf; leaf paths are {paths}")
+    return chosen
+
+
+def _describe(rule: Any) -> str:
+    return repr(rule.pattern) if isinstance(rule, re.Pattern) else repr(rule)
+
+
+def compile_map(mapping: Mapping[str, Any] | None, name: str) -> list[tuple[re.Pattern, Any]]:
+    """Validates a ``{regex: value}`` map; returns ``[(compiled regex, value)]``."""
+    if mapping is None:
+        return []
+    if not isinstance(mapping, Mapping):
+        raise TypeError(f"{name} must be a mapping from regex to value, got {mapping!r}")
+    out = []
+    for pattern, value in mapping.items():
+        if not isinstance(pattern, (str, re.Pattern)):
+            raise TypeError(f"{name} keys must be regex strings, got {pattern!r}")
+        out.append((compile_rule(pattern, f"{name} key {pattern!r}"), value))
+    return out
+
+
+def lookup(
+    entries: list[tuple[re.Pattern, Any]], paths: list[str], chosen: list[bool], name: str
+) -> list[Any]:
+    """Per leaf, the value of the one map entry whose regex it matches (``None`` if none).
+
+    Only pruned leaves are looked up. Two entries matching one leaf, or an entry matching no
+    pruned leaf, raise ``ValueError``.
+    """
+    values: list[Any] = [None] * len(paths)
+    used = [False] * len(entries)
+    for i, (path, on) in enumerate(zip(paths, chosen)):
+        if not on:
+            continue
+        hits = [j for j, (rx, _) in enumerate(entries) if rx.search(path)]
+        if len(hits) > 1:
+            keys = [entries[j][0].pattern for j in hits]
+            raise ValueError(f"multiple matches in {name} for leaf {path!r}: {keys}")
+        if hits:
+            used[hits[0]] = True
+            values[i] = entries[hits[0]][1]
+    for (rx, _), was_used in zip(entries, used):
+        if not was_used:
+            pruned = [p for p, on in zip(paths, chosen) if on]
+            raise ValueError(
+                f"{name} entry {rx.pattern!r} matches no pruned leaf; pruned leaves are {pruned}"
+            )
+    return values

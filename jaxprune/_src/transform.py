@@ -1,0 +1,238 @@
+"""Magnitude pruning as an optax gradient transformation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from jaxprune._src import masks as masks_lib
+from jaxprune._src import spec
+from jaxprune._src.base import Array, ArrayLike, LeafRule, Masks
+from jaxprune._src.schedules import PruningSchedule
+
+_SCOPES = ("layer", "global")
+
+
+class MagnitudePruningState(NamedTuple):
+    """State of :func:`magnitude_pruning`.
+
+    ``masks`` and ``thresholds`` have the structure of the params: a pruned leaf has a bool mask
+    of its own shape (one byte per parameter) and its last threshold, a scalar of its dtype; a
+    leaf that is not pruned has a scalar ``True`` mask and a zero threshold.
+    """
+
+    count: Array  # shape=(), int32: updates seen so far (the schedule's step)
+    masks: Masks  # like params: bool, leaf shape if pruned else shape=()
+    thresholds: Any  # like params: shape=(), the leaf's float dtype (float32 for others)
+
+
+class _ScaledSchedule(PruningSchedule):
+    """Another schedule's timing, with its sparsity curve rescaled to end at ``target``.
+
+    ``s_leaf(step) = s(step) · target / s_final``: the rule of TensorFlow's
+    ``weight_sparsity_map``.
+    """
+
+    def __init__(self, base: Callable, target: float, final: float):
+        self.base, self.target, self.final = base, target, final
+
+    @property
+    def final_sparsity_value(self) -> float:
+        return self.target
+
+    def __call__(self, step: ArrayLike) -> tuple[Array, Array]:
+        should_prune, sparsity = self.base(step)
+        return should_prune, sparsity * jnp.float32(self.target / self.final)
+
+
+def _check_schedule(schedule: Any, name: str) -> None:
+    if not callable(schedule):
+        raise TypeError(
+            f"{name} must be a PruningSchedule or a callable step -> (should_prune, sparsity), "
+            f"got {schedule!r}"
+        )
+
+
+def _leaf_schedules(schedule: Any, sparsity_map: Mapping[str, Any] | None) -> Any:
+    """Validates ``sparsity_map`` and returns a function ``(paths, chosen) -> schedules``."""
+    entries = spec.compile_map(sparsity_map, "sparsity_map")
+    resolved = []
+    for rx, value in entries:
+        if isinstance(value, PruningSchedule) or callable(value):
+            resolved.append((rx, value))
+            continue
+        PruningSchedule.validate_sparsity(value, f"sparsity_map[{rx.pattern!r}]")
+        final = getattr(schedule, "final_sparsity_value", None)
+        if not final:
+            raise ValueError(
+                f"sparsity_map[{rx.pattern!r}] is a float, which rescales the schedule's curve to "
+                "end at that value; that needs a schedule with a final sparsity > 0 (got "
+                f"{final!r} from {schedule!r}). Give a schedule as the value instead."
+            )
+        resolved.append((rx, _ScaledSchedule(schedule, float(value), float(final))))
+
+    def per_leaf(paths: list[str], chosen: list[bool]) -> list[Any]:
+        found = spec.lookup(resolved, paths, chosen, "sparsity_map")
+        return [schedule if s is None else s for s in found]
+
+    return per_leaf
+
+
+def magnitude_pruning(
+    schedule: PruningSchedule | Callable[[ArrayLike], tuple[Array, Array]],
+    *,
+    scope: str = "layer",
+    prune: LeafRule | None = None,
+    sparsity_map: Mapping[str, float | PruningSchedule] | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Prunes the smallest-magnitude weights on a schedule; place it last in an optax chain.
+
+    At update ``t`` (the first update is ``t = 0``) with ``(should_prune, s) = schedule(t)``:
+
+    1. if ``should_prune``, the masks are recomputed (inside ``lax.cond``, no host round-trip)
+       from the weights this step produces, :math:`w' = w + u`, by the rule of
+       :func:`jaxprune.magnitude_mask` at sparsity ``s``: per leaf (``scope="layer"``) or with
+       one threshold over all pruned leaves (``scope="global"``);
+    2. the updates become :math:`u_i` where the mask keeps entry ``i`` and :math:`-w_i` where it
+       prunes it, so after ``optax.apply_updates`` every pruned weight is exactly ``0.0``, on
+       every step, not only on pruning steps.
+
+    Masks are recomputed from the current weights, which are zero where they were pruned
+    before; a pruned weight comes back only if the schedule's sparsity decreases enough.
+
+    Args:
+      schedule: when to prune and how much, e.g. :func:`jaxprune.polynomial_decay`; any
+        callable ``step -> (should_prune, sparsity)`` works.
+      scope: ``"layer"`` ranks each leaf on its own (tfmot's behaviour); ``"global"`` ranks all
+        pruned leaves together.
+      prune: which leaves are pruned: a regex searched in the ``/``-joined leaf path (e.g.
+        ``"kernel"``, ``"Dense_0/kernel"``) or a predicate ``(path, leaf) -> bool``. Default:
+        float leaves of rank >= 2 (kernels and embeddings).
+      sparsity_map: per-leaf overrides ``{regex: value}``. A float ``v`` rescales the
+        schedule's curve to end at ``v`` (:math:`s_{leaf} = s \cdot v / s_{final}`, TensorFlow's
+        ``weight_sparsity_map`` rule); a schedule replaces the schedule for those leaves. A
+        leaf matched by two entries is an error. With ``scope="global"``, overridden leaves
+        are ranked on their own and the others share one threshold.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``. Its state is a
+      :class:`MagnitudePruningState`; ``update`` needs ``params``.
+
+    Raises:
+      ValueError: for an unknown ``scope``, a bad ``sparsity_map`` value, or (at ``init``) a
+        rule that matches no leaf.
+      TypeError: for a rule that selects a non-float leaf, or a non-callable schedule.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> import jaxprune as jp
+      >>> params = {"w": jax.random.normal(jax.random.key(0), (8, 8)), "b": jnp.zeros(8)}
+      >>> tx = optax.chain(
+      ...     optax.sgd(0.1),
+      ...     jp.magnitude_pruning(jp.constant_sparsity(0.75, begin_step=0, frequency=1)))
+      >>> state = tx.init(params)
+      >>> grads = jax.tree.map(jnp.ones_like, params)
+      >>> updates, state = tx.update(grads, state, params)
+      >>> params = optax.apply_updates(params, updates)
+      >>> int(jnp.sum(params["w"] == 0)), int(jnp.sum(params["b"] == 0))
+      (48, 0)
+    """
+    _check_schedule(schedule, "schedule")
+    if scope not in _SCOPES:
+        raise ValueError(f"scope must be one of {_SCOPES}, got {scope!r}")
+    rule = spec.compile_rule(prune, "prune")
+    leaf_schedules = _leaf_schedules(schedule, sparsity_map)
+
+    def plan(params: Any) -> tuple[list[str], list[Any], Any, list[bool], list[Any]]:
+        paths, leaves, treedef = spec.flatten(params)
+        chosen = spec.select(paths, leaves, rule)
+        scheds = leaf_schedules(paths, chosen)
+        return paths, leaves, treedef, chosen, scheds
+
+    def init_fn(params: Any) -> MagnitudePruningState:
+        _, leaves, treedef, chosen, _ = plan(params)
+        masks = masks_lib.masks_like(params, chosen)
+        thresholds = [
+            jnp.zeros((), x.dtype if spec.is_float_array(x) else jnp.float32) for x in leaves
+        ]
+        return MagnitudePruningState(
+            count=jnp.zeros((), jnp.int32),
+            masks=jax.tree_util.tree_unflatten(treedef, masks),
+            thresholds=jax.tree_util.tree_unflatten(treedef, thresholds),
+        )
+
+    def update_fn(
+        updates: Any, state: MagnitudePruningState, params: Any = None, **extra_args: Any
+    ) -> tuple[Any, MagnitudePruningState]:
+        del extra_args
+        if params is None:
+            raise ValueError(
+                "magnitude_pruning needs the current params: call "
+                "tx.update(updates, state, params)"
+            )
+        _, p_leaves, treedef, chosen, scheds = plan(params)
+        u_leaves = treedef.flatten_up_to(updates)
+        m_leaves = treedef.flatten_up_to(state.masks)
+        t_leaves = treedef.flatten_up_to(state.thresholds)
+
+        # Leaves that share a schedule (and, with global scope, a threshold) are updated
+        # together under one lax.cond.
+        groups: dict[int, list[int]] = {}
+        order: list[Any] = []
+        for i, (on, sch) in enumerate(zip(chosen, scheds)):
+            if on:
+                if id(sch) not in groups:
+                    order.append(sch)
+                groups.setdefault(id(sch), []).append(i)
+
+        for sch in order:
+            idx = groups[id(sch)]
+            should_prune, sparsity = sch(state.count)
+            ranked_together = scope == "global" and sch is schedule
+
+            def recompute(operands, idx=idx, ranked_together=ranked_together):
+                p, u, _, _, s = operands
+                # The weights this step produces, computed as optax.apply_updates does.
+                new = [jnp.asarray(pi + ui).astype(pi.dtype) for pi, ui in zip(p, u)]
+                if ranked_together:
+                    masks, thr = masks_lib.global_threshold(new, s)
+                    thrs = [thr.astype(x.dtype) for x in new]
+                else:
+                    pairs = [masks_lib.magnitude_threshold(x, s) for x in new]
+                    masks, thrs = [m for m, _ in pairs], [t for _, t in pairs]
+                return masks, thrs
+
+            def keep(operands):
+                _, _, m, t, _ = operands
+                return list(m), list(t)
+
+            operands = (
+                [p_leaves[i] for i in idx],
+                [u_leaves[i] for i in idx],
+                [m_leaves[i] for i in idx],
+                [t_leaves[i] for i in idx],
+                sparsity,
+            )
+            new_m, new_t = lax.cond(should_prune, recompute, keep, operands)
+            for j, i in enumerate(idx):
+                m_leaves[i], t_leaves[i] = new_m[j], new_t[j]
+
+        out = list(u_leaves)
+        for i, on in enumerate(chosen):
+            if on:
+                u = u_leaves[i]
+                # w + (-w) is exactly +0.0 for every finite w.
+                out[i] = jnp.where(m_leaves[i], u, -jnp.asarray(p_leaves[i]).astype(u.dtype))
+        new_state = MagnitudePruningState(
+            count=optax.safe_int32_increment(state.count),
+            masks=jax.tree_util.tree_unflatten(treedef, m_leaves),
+            thresholds=jax.tree_util.tree_unflatten(treedef, t_leaves),
+        )
+        return jax.tree_util.tree_unflatten(treedef, out), new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
