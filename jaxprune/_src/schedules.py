@@ -28,6 +28,7 @@ from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from jaxprune._src.base import Array, ArrayLike
 
@@ -178,7 +179,8 @@ class PolynomialDecay(PruningSchedule):
         p = \mathrm{clip}\left(\frac{step - begin}{end - begin}, 0, 1\right), \qquad
         s = (s_{initial} - s_{final}) (1 - p)^{power} + s_{final}
 
-    computed in float32. The value is returned at every step (it is not quantised to the
+    computed in float32 (within two ulps of TensorFlow's: XLA may fuse the last multiply-add
+    under ``jit``). The value is returned at every step (it is not quantised to the
     frequency grid); only ``should_prune`` looks at ``frequency``. When
     ``(end_step - begin_step) % frequency != 0`` the last pruning turn falls before
     ``end_step``, so ``final_sparsity`` is never applied, exactly as in tfmot.
@@ -219,13 +221,22 @@ class PolynomialDecay(PruningSchedule):
         if self.end_step == self.begin_step:
             p = (step >= self.begin_step).astype(jnp.float32)
         else:
-            p = (step - self.begin_step).astype(jnp.float32) / jnp.float32(
-                self.end_step - self.begin_step
-            )
+            span = jnp.float32(self.end_step - self.begin_step)
+            p = (step - self.begin_step).astype(jnp.float32) / span
             p = jnp.minimum(jnp.float32(1.0), jnp.maximum(jnp.float32(0.0), p))
+            # Exact ends even where XLA divides by a reciprocal (vectorised steps on CPU).
+            p = jnp.where(step >= self.end_step, jnp.float32(1.0), p)
         # tfmot forms (initial - final) in double precision, then casts it to float32.
         scale = jnp.float32(self.initial_sparsity - self.final_sparsity)
-        decay = jnp.power(jnp.float32(1.0) - p, jnp.float32(self.power))
+        base = jnp.float32(1.0) - p
+        if float(self.power).is_integer():
+            # Repeated multiplication: bit-identical under jit and eager (XLA's fused pow is
+            # not), and within 1 ulp of TensorFlow's pow.
+            decay = lax.integer_pow(base, int(self.power))
+        else:
+            decay = jnp.power(base, jnp.float32(self.power))
+        # Under jit XLA may fuse this multiply-add (one rounding instead of two), so a jitted
+        # value can differ from the eager one, and from TensorFlow's, by an ulp or two.
         sparsity = scale * decay + jnp.float32(self.final_sparsity)
         should_prune = self.should_prune_in_step(
             step, self.begin_step, self.end_step, self.frequency
