@@ -4,6 +4,9 @@ Masks from pure functions on parameter pytrees, and an optax transformation that
 schedule inside any jit-compiled training loop.
 """
 
+from jaxprune._src.flops import FlopsReport
+from jaxprune._src.flops import count_flops
+from jaxprune._src.flops import flops_report
 from jaxprune._src.masks import apply_masks
 from jaxprune._src.masks import global_magnitude_masks
 from jaxprune._src.masks import magnitude_mask
@@ -25,12 +28,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConstantSparsity",
+    "FlopsReport",
     "MagnitudePruningState",
     "OptaxSparsity",
     "PolynomialDecay",
     "PruningSchedule",
     "apply_masks",
     "constant_sparsity",
+    "count_flops",
+    "flops_report",
     "get_masks",
     "get_pruning_state",
     "global_magnitude_masks",

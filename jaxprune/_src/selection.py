@@ -67,6 +67,26 @@ def key_to_magnitude(key: Array, dtype: jnp.dtype) -> Array:
     return value.astype(dtype)
 
 
+def _count_from_top(counts: Array, k: Array) -> tuple[Array, Array]:
+    """The largest index ``i`` with ``sum(counts[i:]) >= k``, and ``sum(counts[i + 1:])``."""
+    at_least = jnp.cumsum(counts[::-1])[::-1]  # non-increasing
+    i = jnp.maximum(jnp.sum(at_least >= k) - 1, 0)
+    return i, at_least[i] - counts[i]
+
+
+def _pick_digit(hist: Array, k: Array) -> tuple[Array, Array]:
+    """The digit holding the k-th largest candidate, and how many candidates lie above it.
+
+    Two levels of 256 (rows, then the cells of one row): a cumulative sum over 65536 bins costs
+    about as much as a histogram pass over a million-entry leaf.
+    """
+    side = 1 << (_DIGIT_BITS // 2)
+    grid = hist.reshape(side, side)
+    row, above_row = _count_from_top(grid.sum(axis=1), k)
+    col, above_col = _count_from_top(grid[row], k - above_row)
+    return row * side + col, above_row + above_col
+
+
 def kth_largest_key(keys: Sequence[Array], k: ArrayLike) -> Array:
     """The exact ``k``-th largest key (1-based) among all entries of all arrays in ``keys``.
 
@@ -100,10 +120,8 @@ def kth_largest_key(keys: Sequence[Array], k: ArrayLike) -> Array:
                 match = (kk >> (shift + _DIGIT_BITS)) == prefix
                 digit = jnp.where(match, digit, _NUM_BINS)
                 hist = hist.at[digit].add(1, mode="drop")
-        # at_least[d]: how many candidates have this digit >= d (non-increasing in d).
-        at_least = jnp.cumsum(hist[::-1])[::-1]
-        digit = jnp.maximum(jnp.sum(at_least >= k) - 1, 0)
-        k = k - (at_least[digit] - hist[digit])
+        digit, above = _pick_digit(hist, k)
+        k = k - above
         prefix = (prefix << _DIGIT_BITS) | digit.astype(ktype)
         first = False
     return prefix
