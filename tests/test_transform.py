@@ -337,3 +337,16 @@ def test_get_masks_errors():
                      jp.magnitude_pruning(jp.constant_sparsity(0.5)))
     with pytest.raises(ValueError, match="found 2"):
         jp.get_masks(tx.init({"w": jnp.ones((2, 2))}))
+
+
+def test_get_masks_keeps_nnx_param_structure():
+    # Training the raw nnx.split state: the masks must keep the nnx.Param wrappers of the
+    # params so that apply_masks(params, get_masks(...)) works.
+    _, params = nnx.split(nnx.Linear(4, 4, rngs=nnx.Rngs(0)))
+    tx = optax.chain(optax.sgd(0.1), jp.magnitude_pruning(jp.constant_sparsity(0.5, frequency=1)))
+    opt_state = tx.init(params)
+    updates, opt_state = tx.update(jax.tree.map(jnp.ones_like, params), opt_state, params)
+    params = optax.apply_updates(params, updates)
+    masked = jp.apply_masks(params, jp.get_masks(opt_state))
+    assert jax.tree.structure(masked) == jax.tree.structure(params)
+    assert int(jnp.sum(masked["kernel"][...] == 0)) == 8

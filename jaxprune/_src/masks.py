@@ -29,16 +29,20 @@ def _check_float(x: Array, name: str) -> None:
         raise TypeError(f"{name} must have a floating-point dtype, got {x.dtype}")
 
 
-def magnitude_threshold(x: ArrayLike, sparsity: ArrayLike) -> tuple[Array, Array]:
-    """The magnitude mask of ``x`` and its threshold (the k-th largest ``|x|``, x's dtype)."""
+def magnitude_threshold(
+    x: ArrayLike, sparsity: ArrayLike, update: Array | None = None
+) -> tuple[Array, Array]:
+    """The magnitude mask of ``x`` (or of ``x + update``) and its threshold, in x's dtype.
+
+    With ``update``, the weights ``x + update`` are ranked without ever being stored whole.
+    """
     x = jnp.asarray(x)
     _check_float(x, "x")
     if x.size == 0:
         return jnp.ones(x.shape, bool), jnp.zeros((), x.dtype)
-    keys = selection.magnitude_keys(x)
-    k = selection.kept_count(x.size, sparsity)
-    kth = selection.kth_largest_key([keys], k)
-    return keys >= kth, selection.key_to_magnitude(kth, x.dtype)
+    src = selection.magnitude_source(x, selection.key_dtype([x.dtype]), update)
+    kth = selection.kth_largest_key([src], selection.kept_count(x.size, sparsity))
+    return src.keys(*src.arrays) >= kth, selection.key_to_magnitude(kth, x.dtype)
 
 
 def magnitude_mask(x: ArrayLike, sparsity: ArrayLike) -> Array:
@@ -71,18 +75,22 @@ def magnitude_mask(x: ArrayLike, sparsity: ArrayLike) -> Array:
     return magnitude_threshold(x, sparsity)[0]
 
 
-def global_threshold(leaves: list[Array], sparsity: ArrayLike) -> tuple[list[Array], Array]:
-    """Masks for ``leaves`` ranked together under one threshold, and that threshold.
+def global_threshold(
+    leaves: list[Array], sparsity: ArrayLike, updates: list[Array] | None = None
+) -> tuple[list[Array], Array]:
+    """Masks for ``leaves`` (or ``leaves + updates``) ranked together under one threshold.
 
     The threshold is returned in the widest float dtype of ``leaves``.
     """
     dtypes = [x.dtype for x in leaves]
     ktype = selection.key_dtype(dtypes)
-    keys = [selection.magnitude_keys(x, ktype) for x in leaves]
+    updates = [None] * len(leaves) if updates is None else updates
+    sources = [selection.magnitude_source(x, ktype, u) for x, u in zip(leaves, updates)]
     total = sum(x.size for x in leaves)
-    kth = selection.kth_largest_key(keys, selection.kept_count(total, sparsity))
+    kth = selection.kth_largest_key(sources, selection.kept_count(total, sparsity))
     widest = max(dtypes, key=lambda d: jnp.dtype(d).itemsize)
-    return [kk >= kth for kk in keys], selection.key_to_magnitude(kth, widest)
+    masks = [src.keys(*src.arrays) >= kth for src in sources]
+    return masks, selection.key_to_magnitude(kth, widest)
 
 
 def global_magnitude_masks(

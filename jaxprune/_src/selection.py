@@ -12,7 +12,8 @@ patterns of the magnitudes:
   ``-0.0`` and ``+0.0`` are the same key.
 * float16 and bfloat16 are widened to float32 first (exact and order preserving); float64 uses
   64-bit keys.
-* The key is found 16 bits at a time, most significant digit first: a 65536-bin histogram of
+* The keys are computed on the fly from the weights (on CPU in chunks of 2**18 entries, so no
+  n-sized temporary exists), and the key is found 16 bits at a time, most significant digit first: a 65536-bin histogram of
   the digit among the keys that share the prefix found so far, then a cumulative sum from the
   top picks the digit that holds the k-th largest. Two passes for 32-bit keys, four for 64-bit
   keys, each linear in ``n``, with static shapes, so the routine runs under ``jit`` on CPU, GPU
@@ -23,8 +24,10 @@ The result is bit for bit the value a full descending sort would put at position
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -87,43 +90,110 @@ def _pick_digit(hist: Array, k: Array) -> tuple[Array, Array]:
     return row * side + col, above_row + above_col
 
 
-def kth_largest_key(keys: Sequence[Array], k: ArrayLike) -> Array:
-    """The exact ``k``-th largest key (1-based) among all entries of all arrays in ``keys``.
+class KeySource(NamedTuple):
+    """Keys computed on the fly: ``keys(*(a.reshape(-1)[i:j] for a in arrays))``.
+
+    The arrays share one size; ``keys`` maps equal-length flat slices of them to unsigned keys
+    elementwise. Keys are produced chunk by chunk and never stored whole, so ranking ``w + u``
+    costs no copy of ``w + u``.
+    """
+
+    arrays: tuple[Array, ...]
+    keys: Callable[..., Array]
+
+
+def magnitude_source(x: Array, ktype: jnp.dtype, update: Array | None = None) -> KeySource:
+    """Keys of ``|x|`` (or of ``|x + update|``, added in x's dtype as optax does)."""
+    if update is None:
+        return KeySource((x,), lambda a: magnitude_keys(a, ktype))
+    return KeySource(
+        (x, update), lambda a, b: magnitude_keys(jnp.asarray(a + b).astype(a.dtype), ktype)
+    )
+
+
+# On CPU the histogram passes stream over chunks of this many entries: XLA's CPU runtime maps
+# fresh pages for every temporary buffer on every call, and page faults on an n-sized key or
+# index array cost more than the histogram itself. Other backends take each leaf whole.
+_CPU_CHUNK = 1 << 18
+
+
+def _add_to_hist(hist: Array, keys: Array, shift: int, prefix: Array | None) -> Array:
+    digit = (keys >> shift) & (_NUM_BINS - 1)
+    if prefix is None:
+        return hist.at[digit].add(1, mode="promise_in_bounds")
+    # Only keys that share the digits found so far take part; the others go to an
+    # out-of-range bin and are dropped.
+    match = (keys >> (shift + _DIGIT_BITS)) == prefix
+    return hist.at[jnp.where(match, digit, _NUM_BINS)].add(1, mode="drop")
+
+
+def _hist_pass(
+    hist: Array, src: KeySource, shift: int, prefix: Array | None, chunk: int | None
+) -> Array:
+    flat = [a.reshape(-1) for a in src.arrays]
+    size = flat[0].size
+    if chunk is None or size <= chunk:
+        return _add_to_hist(hist, src.keys(*flat), shift, prefix)
+    full, tail = divmod(size, chunk)
+
+    def body(i, h):
+        pieces = [lax.dynamic_slice_in_dim(a, i * chunk, chunk) for a in flat]
+        return _add_to_hist(h, src.keys(*pieces), shift, prefix)
+
+    hist = lax.fori_loop(0, full, body, hist)
+    if tail:
+        hist = _add_to_hist(hist, src.keys(*[a[full * chunk :] for a in flat]), shift, prefix)
+    return hist
+
+
+def _histogram(sources: Sequence[KeySource], shift: int, prefix: Array | None) -> Array:
+    def build(chunk, *arrays):
+        hist = jnp.zeros((_NUM_BINS,), jnp.int32)
+        it = iter(arrays)
+        for src in sources:
+            own = KeySource(tuple(next(it) for _ in src.arrays), src.keys)
+            hist = _hist_pass(hist, own, shift, prefix, chunk)
+        return hist
+
+    arrays = [a for src in sources for a in src.arrays]
+    return lax.platform_dependent(
+        *arrays,
+        cpu=lambda *a: build(_CPU_CHUNK, *a),
+        default=lambda *a: build(None, *a),
+    )
+
+
+def kth_largest_key(sources: Sequence[KeySource | Array], k: ArrayLike) -> Array:
+    """The exact ``k``-th largest key (1-based) among all keys of all ``sources``.
 
     Args:
-      keys: arrays of one unsigned key dtype (any shapes), ranked together.
+      sources: :class:`KeySource` s, or arrays of keys, of one unsigned key dtype, ranked
+        together.
       k: traced or concrete int, ``1 <= k <= total size``. Outside that range the result is
         the largest key (``k < 1``) or the smallest (``k > n``).
 
     Returns:
       A scalar of the key dtype.
     """
-    if not keys:
-        raise ValueError("kth_largest_key needs at least one array of keys")
-    ktype = keys[0].dtype
-    if any(kk.dtype != ktype for kk in keys):
-        raise TypeError(f"all keys must share one dtype, got {[kk.dtype for kk in keys]}")
+    if not sources:
+        raise ValueError("kth_largest_key needs at least one source of keys")
+    sources = [
+        s if isinstance(s, KeySource) else KeySource((s,), lambda a: a) for s in sources
+    ]
+    ktypes = {jax.eval_shape(s.keys, *[a.reshape(-1)[:1] for a in s.arrays]).dtype
+              for s in sources}
+    if len(ktypes) != 1 or not jnp.issubdtype(next(iter(ktypes)), jnp.unsignedinteger):
+        raise TypeError(f"all keys must share one unsigned dtype, got {sorted(map(str, ktypes))}")
+    ktype = jnp.dtype(next(iter(ktypes)))
     nbits = 8 * ktype.itemsize
     k = jnp.asarray(k, jnp.int32)
-    prefix = jnp.zeros((), ktype)
-    first = True
+    prefix = None
     for shift in range(nbits - _DIGIT_BITS, -1, -_DIGIT_BITS):
-        hist = jnp.zeros((_NUM_BINS,), jnp.int32)
-        for kk in keys:
-            kk = kk.reshape(-1)
-            digit = ((kk >> shift) & (_NUM_BINS - 1)).astype(jnp.int32)
-            if first:
-                hist = hist.at[digit].add(1, mode="promise_in_bounds")
-            else:
-                # Only keys that share the digits found so far take part; the others are sent
-                # to an out-of-range bin and dropped.
-                match = (kk >> (shift + _DIGIT_BITS)) == prefix
-                digit = jnp.where(match, digit, _NUM_BINS)
-                hist = hist.at[digit].add(1, mode="drop")
+        hist = _histogram(sources, shift, prefix)
         digit, above = _pick_digit(hist, k)
         k = k - above
-        prefix = (prefix << _DIGIT_BITS) | digit.astype(ktype)
-        first = False
+        digit = digit.astype(ktype)
+        prefix = digit if prefix is None else (prefix << _DIGIT_BITS) | digit
     return prefix
 
 

@@ -17,7 +17,7 @@ _CHUNK = 2**30
 
 
 def _unwrap(x: Any) -> Any:
-    # flax.nnx wraps optimizer-state arrays in Variable objects; read their values.
+    # flax.nnx wraps arrays in Variable objects; read their values.
     if hasattr(x, "get_value"):
         return x.get_value()
     return getattr(x, "value", x)
@@ -27,13 +27,21 @@ def _is_variable(x: Any) -> bool:
     return type(x).__module__.startswith("flax.nnx") and hasattr(x, "get_value")
 
 
+def _is_opt_state_variable(x: Any) -> bool:
+    # nnx.Optimizer wraps every array of its optax state in an OptState variable (OptArray,
+    # OptVariable). Only those are removed: an nnx.Param inside the masks tree is part of the
+    # params' own structure and stays, so the masks still match the params.
+    return any(cls.__name__ == "OptState" and "flax.nnx" in cls.__module__
+               for cls in type(x).__mro__)
+
+
 def find_pruning_states(opt_state: Any) -> list[MagnitudePruningState]:
     """Every :class:`MagnitudePruningState` inside ``opt_state`` (a chain, MultiSteps, nnx...)."""
     found: list[MagnitudePruningState] = []
 
     def visit(x: Any) -> Any:
         if isinstance(x, MagnitudePruningState):
-            found.append(jax.tree.map(_unwrap, x, is_leaf=_is_variable))
+            found.append(jax.tree.map(_unwrap, x, is_leaf=_is_opt_state_variable))
         return x
 
     jax.tree.map(visit, opt_state, is_leaf=lambda x: isinstance(x, MagnitudePruningState))

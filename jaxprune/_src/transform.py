@@ -16,6 +16,7 @@ from jaxprune._src.base import Array, ArrayLike, LeafRule, Masks
 from jaxprune._src.schedules import PruningSchedule
 
 _SCOPES = ("layer", "global")
+_RECOMPUTE_FROM = ("updated", "current")
 
 
 class MagnitudePruningState(NamedTuple):
@@ -89,6 +90,7 @@ def magnitude_pruning(
     scope: str = "layer",
     prune: LeafRule | None = None,
     sparsity_map: Mapping[str, float | PruningSchedule] | None = None,
+    recompute_from: str = "updated",
 ) -> optax.GradientTransformationExtraArgs:
     r"""Prunes the smallest-magnitude weights on a schedule; place it last in an optax chain.
 
@@ -97,7 +99,9 @@ def magnitude_pruning(
     1. if ``should_prune``, the masks are recomputed (inside ``lax.cond``, no host round-trip)
        from the weights this step produces, :math:`w' = w + u`, by the rule of
        :func:`jaxprune.magnitude_mask` at sparsity ``s``: per leaf (``scope="layer"``) or with
-       one threshold over all pruned leaves (``scope="global"``);
+       one threshold over all pruned leaves (``scope="global"``). With
+       ``recompute_from="current"`` they are computed from :math:`w`, the weights before this
+       update, as TensorFlow's Keras wrapper does at the start of a batch;
     2. the updates become :math:`u_i` where the mask keeps entry ``i`` and :math:`-w_i` where it
        prunes it, so after ``optax.apply_updates`` every pruned weight is exactly ``0.0``, on
        every step, not only on pruning steps.
@@ -118,13 +122,18 @@ def magnitude_pruning(
         ``weight_sparsity_map`` rule); a schedule replaces the schedule for those leaves. A
         leaf matched by two entries is an error. With ``scope="global"``, overridden leaves
         are ranked on their own and the others share one threshold.
+      recompute_from: ``"updated"`` (default) ranks the weights this step produces,
+        :math:`w + u`; ``"current"`` ranks the weights before this update. ``"current"`` is
+        cheaper on steps that do not prune: the masks' ``lax.cond`` then does not need the
+        updates, so XLA can fuse the optimizer's arithmetic straight into
+        ``optax.apply_updates`` (``benchmarks/step_overhead.py`` measures both).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``. Its state is a
       :class:`MagnitudePruningState`; ``update`` needs ``params``.
 
     Raises:
-      ValueError: for an unknown ``scope``, a bad ``sparsity_map`` value, or (at ``init``) a
+      ValueError: for an unknown ``scope`` or ``recompute_from``, a bad ``sparsity_map`` value, or (at ``init``) a
         rule that matches no leaf.
       TypeError: for a rule that selects a non-float leaf, or a non-callable schedule.
 
@@ -145,6 +154,10 @@ def magnitude_pruning(
     _check_schedule(schedule, "schedule")
     if scope not in _SCOPES:
         raise ValueError(f"scope must be one of {_SCOPES}, got {scope!r}")
+    if recompute_from not in _RECOMPUTE_FROM:
+        raise ValueError(
+            f"recompute_from must be one of {_RECOMPUTE_FROM}, got {recompute_from!r}"
+        )
     rule = spec.compile_rule(prune, "prune")
     leaf_schedules = _leaf_schedules(schedule, sparsity_map)
 
@@ -195,15 +208,16 @@ def magnitude_pruning(
             should_prune, sparsity = sch(state.count)
             ranked_together = scope == "global" and sch is schedule
 
-            def recompute(operands, idx=idx, ranked_together=ranked_together):
+            def recompute(operands, ranked_together=ranked_together):
                 p, u, _, _, s = operands
-                # The weights this step produces, computed as optax.apply_updates does.
-                new = [jnp.asarray(pi + ui).astype(pi.dtype) for pi, ui in zip(p, u)]
+                # With u, the weights this step produces, p + u, computed as
+                # optax.apply_updates does (chunk by chunk, never stored whole).
+                u = [None] * len(p) if u is None else u
                 if ranked_together:
-                    masks, thr = masks_lib.global_threshold(new, s)
-                    thrs = [thr.astype(x.dtype) for x in new]
+                    masks, thr = masks_lib.global_threshold(p, s, u)
+                    thrs = [thr.astype(x.dtype) for x in p]
                 else:
-                    pairs = [masks_lib.magnitude_threshold(x, s) for x in new]
+                    pairs = [masks_lib.magnitude_threshold(x, s, ui) for x, ui in zip(p, u)]
                     masks, thrs = [m for m, _ in pairs], [t for _, t in pairs]
                 return masks, thrs
 
@@ -213,7 +227,7 @@ def magnitude_pruning(
 
             operands = (
                 [p_leaves[i] for i in idx],
-                [u_leaves[i] for i in idx],
+                [u_leaves[i] for i in idx] if recompute_from == "updated" else None,
                 [m_leaves[i] for i in idx],
                 [t_leaves[i] for i in idx],
                 sparsity,

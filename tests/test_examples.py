@@ -1,0 +1,51 @@
+"""The examples run end to end and keep their promises."""
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _load(name):
+    # examples/ is not a package: load the script as a module, without running its __main__.
+    spec = importlib.util.spec_from_file_location(f"examples_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return _load("digits")
+
+
+def test_digits_demo_prunes_to_90_percent(digits, tmp_path, capsys):
+    out = tmp_path / "digits"
+    assert digits.main(["--quick", "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+
+    assert f"writing to {out}/" in stdout
+    assert (out / "digits_pruning.png").stat().st_size > 10_000
+    assert "kernel sparsity:     90.00% (target 90%)" in stdout
+    assert "all exactly 0.0: True" in stdout
+    # Every kernel row of the sparsity table is at 90%, up to the rounding of n * (1 - s).
+    kernel_rows = re.findall(r"^\S+/kernel .* (\d+\.\d\d)%$", stdout, flags=re.MULTILINE)
+    assert len(kernel_rows) == 4
+    assert all(abs(float(s) - 90.0) < 0.5 for s in kernel_rows)
+    dense, pruned = map(float, re.search(r"dense (\S+)%  pruned (\S+)%", stdout).groups())
+    assert dense > 90.0
+    assert pruned > dense - 5.0
+
+
+def test_digits_check_fails_visibly(digits):
+    assert digits.check(dense_acc=97.0, pruned_acc=96.0, sparsity=0.9) == []
+    assert len(digits.check(dense_acc=97.0, pruned_acc=96.0, sparsity=0.8)) == 1
+    assert len(digits.check(dense_acc=97.0, pruned_acc=90.0, sparsity=0.9)) == 1
+
+
+def test_digits_rejects_too_few_steps(digits):
+    with pytest.raises(SystemExit):
+        digits.parse_args(["--steps", "10"])
