@@ -211,10 +211,14 @@ def bench_train_step(table: Table, widths: Sequence[int], batch: int, reps: int)
     plain_step = make_step(plain_tx)
     plain_state = plain_tx.init(params)
 
-    for scope in ("layer", "global"):
+    variants = [
+        (scope, source) for source in ("updated", "current") for scope in ("layer", "global")
+    ]
+    for scope, source in variants:
         # The window begins at step 1: count 0 is a non-pruning step, count 1 a pruning one.
         schedule = jp.constant_sparsity(SPARSITY, begin_step=1, frequency=1)
-        tx = optax.chain(optax.adam(1e-3), jp.magnitude_pruning(schedule, scope=scope))
+        pruning = jp.magnitude_pruning(schedule, scope=scope, recompute_from=source)
+        tx = optax.chain(optax.adam(1e-3), pruning)
         step = make_step(tx)
         state = tx.init(params)
         idle_state, prune_state = _set_count(state, 0), _set_count(state, 1)
@@ -236,7 +240,7 @@ def bench_train_step(table: Table, widths: Sequence[int], batch: int, reps: int)
         }
         times = interleaved(candidates, reps)
         table.add(
-            f"(a) {scope:6s} non-pruning step",
+            f"(a) {scope:6s} {source:7s} non-pruning step",
             times["idle"],
             "plain step",
             times["plain"],
@@ -244,7 +248,7 @@ def bench_train_step(table: Table, widths: Sequence[int], batch: int, reps: int)
             (page_faults(candidates["idle"]), page_faults(candidates["plain"])),
         )
         table.add(
-            f"(b) {scope:6s} pruning step",
+            f"(b) {scope:6s} {source:7s} pruning step",
             times["prune"],
             "plain step",
             times["plain"],

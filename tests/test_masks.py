@@ -157,8 +157,10 @@ def test_empty_array():
 def test_global_masks_share_one_threshold(maybe_jit):
     rng = np.random.default_rng(0)
     params = {
-        "dense": {"kernel": jnp.asarray(rng.normal(size=(20, 30)), jnp.float32),
-                  "bias": jnp.asarray(rng.normal(size=30), jnp.float32)},
+        "dense": {
+            "kernel": jnp.asarray(rng.normal(size=(20, 30)), jnp.float32),
+            "bias": jnp.asarray(rng.normal(size=30), jnp.float32),
+        },
         "conv": {"kernel": jnp.asarray(rng.normal(size=(3, 3, 4, 8)) * 0.1, jnp.float32)},
         "step": jnp.int32(3),
     }
@@ -188,7 +190,9 @@ def test_global_rules():
     masks = jp.global_magnitude_masks(params, 0.5, prune="^b$")
     np.testing.assert_array_equal(masks["b"], [False, True])
     assert masks["w"].shape == ()
-    masks = jp.global_magnitude_masks(params, 0.5, prune=lambda path, x: x.ndim == 1 and path == "b")
+    masks = jp.global_magnitude_masks(
+        params, 0.5, prune=lambda path, x: x.ndim == 1 and path == "b"
+    )
     assert masks["b"].shape == (2,)
     with pytest.raises(ValueError, match="matches no leaf"):
         jp.global_magnitude_masks(params, 0.5, prune="kernel")

@@ -61,7 +61,9 @@ def test_polynomial_decay_documented_values():
     assert max(s for s in range(0, 200) if bool(schedule(s)[0])) == 98
     np.testing.assert_allclose(float(schedule(98)[1]), 0.79968, atol=1e-5)
     # float32: 0.05 reads back as 0.050000012.
-    assert float(jp.polynomial_decay(0.05, 0.5, 10, 20)(0)[1]) == pytest.approx(0.050000012, abs=1e-9)
+    assert float(jp.polynomial_decay(0.05, 0.5, 10, 20)(0)[1]) == pytest.approx(
+        0.050000012, abs=1e-9
+    )
 
 
 def test_polynomial_decay_begin_equals_end_is_a_step_function():
@@ -133,7 +135,10 @@ def test_polynomial_decay_monotone_with_exact_endpoints(initial, final, begin, l
         (lambda: jp.constant_sparsity(0.5, 0, frequency=0), "frequency should be > 0"),
         (lambda: jp.polynomial_decay(0.0, 0.5, 0, 10, frequency=-3), "frequency should be > 0"),
         (lambda: jp.polynomial_decay(0.0, 0.5, 0, 10, power=0), "power must be > 0"),
-        (lambda: jp.polynomial_decay(1.0, 0.5, 0, 10), r"initial_sparsity must be in range \[0,1\)"),
+        (
+            lambda: jp.polynomial_decay(1.0, 0.5, 0, 10),
+            r"initial_sparsity must be in range \[0,1\)",
+        ),
         (lambda: jp.polynomial_decay(1.5, 1.5, 0, 10), "initial_sparsity"),
         (lambda: jp.polynomial_decay(0.0, -0.1, 0, 10), "final_sparsity"),
         (lambda: jp.constant_sparsity(1.0), r"target_sparsity must be in range \[0,1\)"),
@@ -190,7 +195,12 @@ def test_schedule_from_optax():
     values = [float(schedule(s)[1]) for s in (0, 49, 50, 100, 150, 151, 1000)]
     np.testing.assert_allclose(values, [0, 0, 0, 0.4, 0.8, 0.8, 0.8], atol=1e-6)
     assert [bool(schedule(s)[0]) for s in (49, 50, 55, 60, 150, 160)] == [
-        False, True, False, True, True, False,
+        False,
+        True,
+        False,
+        True,
+        True,
+        False,
     ]
     assert schedule.final_sparsity_value == pytest.approx(0.8)
     with pytest.raises(ValueError, match="schedule"):

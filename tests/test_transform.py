@@ -131,9 +131,7 @@ def test_masks_are_computed_from_the_weights_this_step_produces():
 
 
 def test_no_recompilation_after_first_step():
-    tx = optax.chain(
-        optax.adam(0.01), jp.magnitude_pruning(jp.constant_sparsity(0.5, frequency=2))
-    )
+    tx = optax.chain(optax.adam(0.01), jp.magnitude_pruning(jp.constant_sparsity(0.5, frequency=2)))
     params, state, step = train(tx, mlp_params(), 5)
     assert step._cache_size() == 1
 
@@ -206,10 +204,14 @@ def test_prune_rule_and_sparsity_map():
 
 
 def test_global_scope_with_overrides_ranks_the_rest_together():
-    params = {"a": jnp.arange(1.0, 9.0).reshape(2, 4), "b": 10 * jnp.arange(1.0, 9.0).reshape(2, 4),
-              "c": jnp.arange(1.0, 5.0).reshape(2, 2)}
-    tx = jp.magnitude_pruning(jp.constant_sparsity(0.5, frequency=1), scope="global",
-                              sparsity_map={"c": 0.25})
+    params = {
+        "a": jnp.arange(1.0, 9.0).reshape(2, 4),
+        "b": 10 * jnp.arange(1.0, 9.0).reshape(2, 4),
+        "c": jnp.arange(1.0, 5.0).reshape(2, 2),
+    }
+    tx = jp.magnitude_pruning(
+        jp.constant_sparsity(0.5, frequency=1), scope="global", sparsity_map={"c": 0.25}
+    )
     updates, state = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
     new = optax.apply_updates(params, updates)
     # a and b share one threshold: the 8 largest of 16 are all in b.
@@ -219,8 +221,13 @@ def test_global_scope_with_overrides_ranks_the_rest_together():
 
 
 def test_leaves_never_pruned_by_default():
-    params = {"scalar": jnp.float32(3.0), "empty": jnp.zeros((0, 4)), "ints": jnp.ones((3, 3), int),
-              "vec": jnp.ones(5), "w": jnp.arange(1.0, 7.0).reshape(2, 3)}
+    params = {
+        "scalar": jnp.float32(3.0),
+        "empty": jnp.zeros((0, 4)),
+        "ints": jnp.ones((3, 3), int),
+        "vec": jnp.ones(5),
+        "w": jnp.arange(1.0, 7.0).reshape(2, 3),
+    }
     tx = jp.magnitude_pruning(jp.constant_sparsity(0.5, frequency=1))
     state = tx.init(params)
     for name in ("scalar", "empty", "ints", "vec"):
@@ -333,8 +340,10 @@ def test_nnx_optimizer():
 def test_get_masks_errors():
     with pytest.raises(ValueError, match="found 0"):
         jp.get_masks(optax.adam(1e-3).init({"w": jnp.ones(2)}))
-    tx = optax.chain(jp.magnitude_pruning(jp.constant_sparsity(0.5)),
-                     jp.magnitude_pruning(jp.constant_sparsity(0.5)))
+    tx = optax.chain(
+        jp.magnitude_pruning(jp.constant_sparsity(0.5)),
+        jp.magnitude_pruning(jp.constant_sparsity(0.5)),
+    )
     with pytest.raises(ValueError, match="found 2"):
         jp.get_masks(tx.init({"w": jnp.ones((2, 2))}))
 

@@ -152,16 +152,16 @@ def apply_masks(params: Params, masks: Masks) -> Params:
       >>> jp.apply_masks({"w": jnp.array([1.0, -2.0])}, {"w": jnp.array([False, True])})
       {'w': Array([ 0., -2.], dtype=float32)}
     """
-    return jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros((), jnp.asarray(p).dtype)),
-                        params, masks)
+    return jax.tree.map(
+        lambda p, m: jnp.where(m, p, jnp.zeros((), jnp.asarray(p).dtype)), params, masks
+    )
 
 
 def masks_like(params: Params, chosen: list[bool]) -> list[Any]:
     """All-``True`` masks: leaf-shaped for the chosen leaves, scalar ``True`` for the others."""
     leaves = jax.tree_util.tree_leaves(params)
     return [
-        jnp.ones(jnp.shape(x), bool) if on else jnp.ones((), bool)
-        for x, on in zip(leaves, chosen)
+        jnp.ones(jnp.shape(x), bool) if on else jnp.ones((), bool) for x, on in zip(leaves, chosen)
     ]
 
 

@@ -329,9 +329,7 @@ class OptaxSparsity(PruningSchedule):
                 raise ValueError(
                     f"schedule must return sparsities in [0, 1]; schedule({count}) = {value!r}"
                 )
-        self._final = (
-            None if self.end_step == -1 else float(np.asarray(schedule(ends[-1])))
-        )
+        self._final = None if self.end_step == -1 else float(np.asarray(schedule(ends[-1])))
 
     @property
     def final_sparsity_value(self) -> float | None:
@@ -471,4 +469,3 @@ def schedule_from_optax(
       [0.0, 0.0, 0.4, 0.8, 0.8]
     """
     return OptaxSparsity(schedule, begin_step, end_step, frequency)
-

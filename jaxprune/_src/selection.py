@@ -13,11 +13,11 @@ patterns of the magnitudes:
 * float16 and bfloat16 are widened to float32 first (exact and order preserving); float64 uses
   64-bit keys.
 * The keys are computed on the fly from the weights (on CPU in chunks of 2**18 entries, so no
-  n-sized temporary exists), and the key is found 16 bits at a time, most significant digit first: a 65536-bin histogram of
-  the digit among the keys that share the prefix found so far, then a cumulative sum from the
-  top picks the digit that holds the k-th largest. Two passes for 32-bit keys, four for 64-bit
-  keys, each linear in ``n``, with static shapes, so the routine runs under ``jit`` on CPU, GPU
-  and TPU.
+  n-sized temporary exists), and the key is found 16 bits at a time, most significant digit
+  first: a 65536-bin histogram of the digit among the keys that share the prefix found so far,
+  then a cumulative sum from the top picks the digit that holds the k-th largest. Two passes
+  for 32-bit keys, four for 64-bit keys, each linear in ``n``, with static shapes, so the
+  routine runs under ``jit`` on CPU, GPU and TPU.
 
 The result is bit for bit the value a full descending sort would put at position ``k - 1``.
 """
@@ -39,8 +39,10 @@ _NUM_BINS = 1 << _DIGIT_BITS
 
 def key_dtype(dtypes: Sequence[jnp.dtype]) -> jnp.dtype:
     """The unsigned key type able to rank every float dtype in ``dtypes`` together."""
-    return jnp.dtype(jnp.uint64) if any(jnp.dtype(d).itemsize > 4 for d in dtypes) else jnp.dtype(
-        jnp.uint32
+    return (
+        jnp.dtype(jnp.uint64)
+        if any(jnp.dtype(d).itemsize > 4 for d in dtypes)
+        else jnp.dtype(jnp.uint32)
     )
 
 
@@ -177,11 +179,8 @@ def kth_largest_key(sources: Sequence[KeySource | Array], k: ArrayLike) -> Array
     """
     if not sources:
         raise ValueError("kth_largest_key needs at least one source of keys")
-    sources = [
-        s if isinstance(s, KeySource) else KeySource((s,), lambda a: a) for s in sources
-    ]
-    ktypes = {jax.eval_shape(s.keys, *[a.reshape(-1)[:1] for a in s.arrays]).dtype
-              for s in sources}
+    sources = [s if isinstance(s, KeySource) else KeySource((s,), lambda a: a) for s in sources]
+    ktypes = {jax.eval_shape(s.keys, *[a.reshape(-1)[:1] for a in s.arrays]).dtype for s in sources}
     if len(ktypes) != 1 or not jnp.issubdtype(next(iter(ktypes)), jnp.unsignedinteger):
         raise TypeError(f"all keys must share one unsigned dtype, got {sorted(map(str, ktypes))}")
     ktype = jnp.dtype(next(iter(ktypes)))
@@ -211,4 +210,3 @@ def kept_count(size: int, sparsity: ArrayLike) -> Array:
     k = jnp.round(jnp.float32(size) * (jnp.float32(1.0) - s))  # jnp.round: half to even
     k = jnp.clip(k, 1.0, float(size))
     return jnp.minimum(k.astype(jnp.int32), size)
-

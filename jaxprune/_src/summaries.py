@@ -31,8 +31,9 @@ def _is_opt_state_variable(x: Any) -> bool:
     # nnx.Optimizer wraps every array of its optax state in an OptState variable (OptArray,
     # OptVariable). Only those are removed: an nnx.Param inside the masks tree is part of the
     # params' own structure and stays, so the masks still match the params.
-    return any(cls.__name__ == "OptState" and "flax.nnx" in cls.__module__
-               for cls in type(x).__mro__)
+    return any(
+        cls.__name__ == "OptState" and "flax.nnx" in cls.__module__ for cls in type(x).__mro__
+    )
 
 
 def find_pruning_states(opt_state: Any) -> list[MagnitudePruningState]:

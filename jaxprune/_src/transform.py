@@ -133,8 +133,8 @@ def magnitude_pruning(
       :class:`MagnitudePruningState`; ``update`` needs ``params``.
 
     Raises:
-      ValueError: for an unknown ``scope`` or ``recompute_from``, a bad ``sparsity_map`` value, or (at ``init``) a
-        rule that matches no leaf.
+      ValueError: for an unknown ``scope`` or ``recompute_from``, a bad ``sparsity_map`` value,
+        or (at ``init``) a rule that matches no leaf.
       TypeError: for a rule that selects a non-float leaf, or a non-callable schedule.
 
     Examples:
@@ -155,9 +155,7 @@ def magnitude_pruning(
     if scope not in _SCOPES:
         raise ValueError(f"scope must be one of {_SCOPES}, got {scope!r}")
     if recompute_from not in _RECOMPUTE_FROM:
-        raise ValueError(
-            f"recompute_from must be one of {_RECOMPUTE_FROM}, got {recompute_from!r}"
-        )
+        raise ValueError(f"recompute_from must be one of {_RECOMPUTE_FROM}, got {recompute_from!r}")
     rule = spec.compile_rule(prune, "prune")
     leaf_schedules = _leaf_schedules(schedule, sparsity_map)
 
@@ -185,8 +183,7 @@ def magnitude_pruning(
         del extra_args
         if params is None:
             raise ValueError(
-                "magnitude_pruning needs the current params: call "
-                "tx.update(updates, state, params)"
+                "magnitude_pruning needs the current params: call tx.update(updates, state, params)"
             )
         _, p_leaves, treedef, chosen, scheds = plan(params)
         u_leaves = treedef.flatten_up_to(updates)
