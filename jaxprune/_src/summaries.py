@@ -97,18 +97,46 @@ def _zeros_and_size(x: Any) -> tuple[int, int]:
     return zeros, size
 
 
-def _float_leaves(params: Params) -> list[tuple[str, Any]]:
-    flat, _ = jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_variable)
-    return [(path_str(p), _unwrap(x)) for p, x in flat if is_float_array(_unwrap(x))]
+def _rows(params: Params, masks: Masks | None) -> list[tuple[str, tuple, int, int, bool]]:
+    """``(path, shape, size, zeros, pruned)`` for every float leaf of ``params``."""
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_variable)
+    pruned = [False] * len(flat)
+    if masks is not None:
+        try:
+            mask_leaves = treedef.flatten_up_to(masks)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"masks must have the tree structure of params: {e}") from e
+        pruned = [np.ndim(_unwrap(m)) > 0 for m in mask_leaves]
+    rows = []
+    for (path, x), on in zip(flat, pruned):
+        x = _unwrap(x)
+        if is_float_array(x):
+            zeros, size = _zeros_and_size(x)
+            rows.append((path_str(path), tuple(np.shape(x)), size, zeros, on))
+    return rows
 
 
-def sparsity_summary(params: Params) -> dict[str, float]:
+def _fraction(rows: list[tuple[str, tuple, int, int, bool]]) -> float:
+    total = sum(r[2] for r in rows)
+    return sum(r[3] for r in rows) / total if total else 0.0
+
+
+def sparsity_summary(params: Params, masks: Masks | None = None) -> dict[str, float]:
     """The fraction of exact zeros in every float leaf, and ``"overall"`` across them.
 
     Counts are exact integers (summed on the host), so the figures hold for any model size.
 
+    Args:
+      params: a pytree of arrays (``nnx.State`` works too).
+      masks: optional masks shaped like ``params`` (e.g. from :func:`get_masks`); with them,
+        ``"pruned"`` gives the sparsity over the pruned leaves only.
+
     Returns:
-      ``{leaf path: sparsity, ..., "overall": sparsity}``; paths are ``/``-joined.
+      ``{leaf path: sparsity, ..., "overall": sparsity}`` (and ``"pruned"`` with masks); paths
+      are ``/``-joined.
+
+    Raises:
+      ValueError: if ``masks`` does not have the structure of ``params``.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -116,41 +144,50 @@ def sparsity_summary(params: Params) -> dict[str, float]:
       >>> jp.sparsity_summary({"w": jnp.array([[0.0, 1.0], [0.0, 0.0]]), "b": jnp.ones(4)})
       {'b': 0.0, 'w': 0.75, 'overall': 0.375}
     """
-    out: dict[str, float] = {}
-    total_zeros = total = 0
-    for path, x in _float_leaves(params):
-        zeros, size = _zeros_and_size(x)
-        out[path] = zeros / size if size else 0.0
-        total_zeros += zeros
-        total += size
-    out["overall"] = total_zeros / total if total else 0.0
+    rows = _rows(params, masks)
+    out = {path: (zeros / size if size else 0.0) for path, _, size, zeros, _ in rows}
+    out["overall"] = _fraction(rows)
+    if masks is not None:
+        out["pruned"] = _fraction([r for r in rows if r[4]])
     return out
 
 
-def sparsity_table(params: Params) -> str:
+def sparsity_table(params: Params, masks: Masks | None = None) -> str:
     """A readable per-leaf table: shape, parameters, non-zero, sparsity, and a total row.
+
+    With ``masks`` (shaped like ``params``) pruned leaves are starred and a row sums them.
 
     Examples:
       >>> import jax.numpy as jnp
       >>> import jaxprune as jp
-      >>> print(jp.sparsity_table({"w": jnp.array([[0.0, 1.0], [0.0, 0.0]]), "b": jnp.ones(4)}))
+      >>> params = {"w": jnp.array([[0.0, 1.0], [0.0, 0.0]]), "b": jnp.ones(4)}
+      >>> print(jp.sparsity_table(params))
       leaf   shape   params  non-zero  sparsity
       b      (4,)         4         4     0.00%
       w      (2, 2)       4         1    75.00%
       total               8         5    37.50%
+      >>> print(jp.sparsity_table(params, {"w": jnp.ones((2, 2), bool), "b": jnp.bool_(True)}))
+      leaf    shape   params  non-zero  sparsity
+      b       (4,)         4         4     0.00%
+      w *     (2, 2)       4         1    75.00%
+      pruned               4         1    75.00%
+      total                8         5    37.50%
     """
-    rows = []
-    total = nonzero_total = 0
-    for path, x in _float_leaves(params):
-        zeros, size = _zeros_and_size(x)
-        rows.append((path, str(tuple(np.shape(x))), size, size - zeros))
-        total += size
-        nonzero_total += size - zeros
-    rows.append(("total", "", total, nonzero_total))
+    rows = _rows(params, masks)
+    lines_in = [
+        (path + (" *" if on else ""), str(shape), size, size - zeros)
+        for path, shape, size, zeros, on in rows
+    ]
+    if masks is not None:
+        kept = [r for r in rows if r[4]]
+        size = sum(r[2] for r in kept)
+        lines_in.append(("pruned", "", size, size - sum(r[3] for r in kept)))
+    size = sum(r[2] for r in rows)
+    lines_in.append(("total", "", size, size - sum(r[3] for r in rows)))
     header = ("leaf", "shape", "params", "non-zero", "sparsity")
     cells = [
         (name, shape, f"{n:,}", f"{nz:,}", f"{(1 - nz / n) * 100 if n else 0.0:.2f}%")
-        for name, shape, n, nz in rows
+        for name, shape, n, nz in lines_in
     ]
     widths = [max(len(r[c]) for r in [header, *cells]) for c in range(5)]
     lines = []
