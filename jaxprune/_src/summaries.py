@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprune._src.base import Masks, Params, is_float_array, path_str
-from jaxprune._src.transform import MagnitudePruningState
+from jaxprune._src.transform import PRUNING_STATE_TYPES, MagnitudePruningState
 
 # Counting is done per chunk so that int32 device counts never overflow.
 _CHUNK = 2**30
@@ -36,21 +36,28 @@ def _is_opt_state_variable(x: Any) -> bool:
     )
 
 
+def _is_pruning_state(x: Any) -> bool:
+    return isinstance(x, tuple(PRUNING_STATE_TYPES))
+
+
 def find_pruning_states(opt_state: Any) -> list[MagnitudePruningState]:
-    """Every :class:`MagnitudePruningState` inside ``opt_state`` (a chain, MultiSteps, nnx...)."""
-    found: list[MagnitudePruningState] = []
+    """Every pruning state (e.g. :class:`MagnitudePruningState`) inside ``opt_state``.
+
+    Looks inside ``optax.chain``, ``optax.MultiSteps``, ``nnx.Optimizer`` states and the like.
+    """
+    found: list[Any] = []
 
     def visit(x: Any) -> Any:
-        if isinstance(x, MagnitudePruningState):
+        if _is_pruning_state(x):
             found.append(jax.tree.map(_unwrap, x, is_leaf=_is_opt_state_variable))
         return x
 
-    jax.tree.map(visit, opt_state, is_leaf=lambda x: isinstance(x, MagnitudePruningState))
+    jax.tree.map(visit, opt_state, is_leaf=_is_pruning_state)
     return found
 
 
 def get_pruning_state(opt_state: Any) -> MagnitudePruningState:
-    """The one :class:`MagnitudePruningState` in ``opt_state``.
+    """The one pruning state (e.g. :class:`MagnitudePruningState`) in ``opt_state``.
 
     Raises:
       ValueError: if there is none, or more than one.

@@ -32,6 +32,21 @@ class MagnitudePruningState(NamedTuple):
     thresholds: Any  # like params: shape=(), the leaf's float dtype (float32 for others)
 
 
+# State types whose ``masks`` and ``thresholds`` are params-shaped; jaxprune.get_masks and the
+# other accessors find any of them inside an optimizer state. Transformations defined in other
+# modules add their state type with register_pruning_state.
+PRUNING_STATE_TYPES: list[type] = [MagnitudePruningState]
+
+
+def register_pruning_state(cls: type) -> type:
+    """Lets :func:`jaxprune.get_masks` find states of ``cls`` (a NamedTuple with ``masks``)."""
+    if "masks" not in getattr(cls, "_fields", ()):
+        raise TypeError(f"{cls.__name__} must be a NamedTuple with a 'masks' field")
+    if cls not in PRUNING_STATE_TYPES:
+        PRUNING_STATE_TYPES.append(cls)
+    return cls
+
+
 class _ScaledSchedule(PruningSchedule):
     """Another schedule's timing, with its sparsity curve rescaled to end at ``target``.
 
