@@ -158,9 +158,12 @@ def _histogram(sources: Sequence[KeySource], shift: int, prefix: Array | None) -
         return hist
 
     arrays = [a for src in sources for a in src.arrays]
+    # Chunks are dynamic slices, which would gather an array sharded over several devices, so
+    # they are used only where there is one device.
+    cpu_chunk = _CPU_CHUNK if jax.device_count() == 1 else None
     return lax.platform_dependent(
         *arrays,
-        cpu=lambda *a: build(_CPU_CHUNK, *a),
+        cpu=lambda *a: build(cpu_chunk, *a),
         default=lambda *a: build(None, *a),
     )
 
