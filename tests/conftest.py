@@ -12,3 +12,7 @@ def maybe_jit(request):
     if request.param == "jit":
         return jax.jit
     return lambda f, **kw: f
+
+
+# Scripts that tests run in a process of their own (they set XLA_FLAGS before importing jax).
+collect_ignore = ["sharding_check.py"]

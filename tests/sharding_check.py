@@ -1,0 +1,100 @@
+"""Run by tests/test_sharding.py in its own process, with 8 fake CPU devices.
+
+A jitted training step with magnitude pruning, per layer and global, data-parallel (batch
+sharded) and model-parallel (kernels sharded over a mesh axis), must give the same masks and
+params as the same step on one device, and the masks must carry their params' sharding.
+"""
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from jax.sharding import Mesh, NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+
+import jaxprune as jp  # noqa: E402
+
+
+def init_params():
+    k1, k2 = jax.random.split(jax.random.key(0))
+    return {
+        "w1": jax.random.normal(k1, (32, 64)),
+        "b1": jnp.zeros(64),
+        "w2": jax.random.normal(k2, (64, 16)) * 0.5,
+    }
+
+
+def loss_fn(params, x, y):
+    h = jnp.tanh(x @ params["w1"] + params["b1"][None])
+    return jnp.mean((h @ params["w2"] - y) ** 2)
+
+
+def data():
+    x = jax.random.normal(jax.random.key(1), (64, 32))
+    return x, jnp.sin(x[:, :16])
+
+
+def run(scope, params_sharding=None, data_sharding=None, steps=6):
+    schedule = jp.polynomial_decay(0.0, 0.8, begin_step=0, end_step=4, frequency=2)
+    tx = optax.chain(optax.adam(0.05), jp.magnitude_pruning(schedule, scope=scope))
+    params = init_params()
+    x, y = data()
+    if params_sharding is not None:
+        params = jax.device_put(params, params_sharding)
+    if data_sharding is not None:
+        x, y = jax.device_put((x, y), data_sharding)
+    state = tx.init(params)
+
+    @jax.jit
+    def step(params, state):
+        grads = jax.grad(loss_fn)(params, x, y)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    for _ in range(steps):
+        params, state = step(params, state)
+    return params, jp.get_masks(state)
+
+
+def main():
+    assert jax.device_count() == 8, jax.devices()
+    mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("data", "model"))
+    model_parallel = {
+        "w1": NamedSharding(mesh, P(None, "model")),
+        "b1": NamedSharding(mesh, P("model")),
+        "w2": NamedSharding(mesh, P("model", None)),
+    }
+    data_parallel = NamedSharding(mesh, P("data", None))
+    for scope in ("layer", "global"):
+        ref_params, ref_masks = run(scope)
+        for name, kwargs in {
+            "data-parallel": {"data_sharding": data_parallel},
+            "model-parallel": {"params_sharding": model_parallel, "data_sharding": data_parallel},
+        }.items():
+            params, masks = run(scope, **kwargs)
+            for leaf in ("w1", "w2"):
+                np.testing.assert_array_equal(masks[leaf], ref_masks[leaf], err_msg=name)
+                assert masks[leaf].dtype == jnp.bool_
+                # Pruned weights are exactly zero on every shard.
+                assert not np.any(np.asarray(params[leaf])[~np.asarray(masks[leaf])])
+                np.testing.assert_allclose(
+                    params[leaf], ref_params[leaf], rtol=1e-5, atol=1e-6, err_msg=name
+                )
+                if "params_sharding" in kwargs:
+                    assert masks[leaf].sharding.is_equivalent_to(
+                        params[leaf].sharding, masks[leaf].ndim
+                    ), (name, leaf, masks[leaf].sharding, params[leaf].sharding)
+            sparsity = jp.sparsity_summary(params, masks)["pruned"]
+            assert abs(sparsity - 0.8) < 0.01, (scope, name, sparsity)
+            print(f"{scope} {name}: masks equal to one device, sparsity {sparsity:.4f}")
+    print("sharding check passed")
+
+
+if __name__ == "__main__":
+    main()
