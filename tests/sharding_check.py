@@ -62,6 +62,26 @@ def run(scope, params_sharding=None, data_sharding=None, steps=6):
     return params, jp.get_masks(state)
 
 
+def check_no_gather(mesh, model_parallel):
+    """Global selection works on the shards: histograms are all-reduced, weights never gathered."""
+    params = jax.device_put(init_params(), model_parallel)
+    tx = jp.magnitude_pruning(jp.constant_sparsity(0.5, frequency=1), scope="global")
+    state = tx.init(params)
+    programs = {
+        "global_magnitude_masks": jax.jit(lambda p: jp.global_magnitude_masks(p, 0.9)).lower(
+            params
+        ),
+        "magnitude_pruning update": jax.jit(lambda u, s, p: tx.update(u, s, p)).lower(
+            params, state, params
+        ),
+    }
+    for name, lowered in programs.items():
+        hlo = lowered.compile().as_text()
+        assert "all-gather(" not in hlo, f"{name} gathers weights:\n{hlo}"
+        assert "all-reduce(" in hlo, name
+        print(f"{name}: no all-gather, histograms all-reduced")
+
+
 def main():
     assert jax.device_count() == 8, jax.devices()
     mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("data", "model"))
@@ -71,6 +91,7 @@ def main():
         "w2": NamedSharding(mesh, P("model", None)),
     }
     data_parallel = NamedSharding(mesh, P("data", None))
+    check_no_gather(mesh, model_parallel)
     for scope in ("layer", "global"):
         ref_params, ref_masks = run(scope)
         for name, kwargs in {

@@ -132,10 +132,12 @@ def _add_to_hist(hist: Array, keys: Array, shift: int, prefix: Array | None) -> 
 def _hist_pass(
     hist: Array, src: KeySource, shift: int, prefix: Array | None, chunk: int | None
 ) -> Array:
-    flat = [a.reshape(-1) for a in src.arrays]
-    size = flat[0].size
+    size = src.arrays[0].size
     if chunk is None or size <= chunk:
-        return _add_to_hist(hist, src.keys(*flat), shift, prefix)
+        # Keys keep the arrays' own shape: flattening an array sharded along an inner axis
+        # would gather it onto every device.
+        return _add_to_hist(hist, src.keys(*src.arrays), shift, prefix)
+    flat = [a.reshape(-1) for a in src.arrays]
     full, tail = divmod(size, chunk)
 
     def body(i, h):
