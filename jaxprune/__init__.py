@@ -4,40 +4,83 @@ Masks from pure functions on parameter pytrees, and an optax transformation that
 schedule inside any jit-compiled training loop.
 """
 
-from jaxprune._src.flops import FlopsReport, count_flops, flops_report
-from jaxprune._src.masks import apply_masks, global_magnitude_masks, magnitude_mask
-from jaxprune._src.schedules import (
-    ConstantSparsity,
-    OptaxSparsity,
-    PolynomialDecay,
-    PruningSchedule,
-    constant_sparsity,
-    polynomial_decay,
-    schedule_from_optax,
-)
-from jaxprune._src.summaries import get_masks, get_pruning_state, sparsity_summary, sparsity_table
-from jaxprune._src.transform import MagnitudePruningState, magnitude_pruning
+# The public API is re-exported one name per line (isort would merge them).
+# ruff: noqa: I001
+
+from jaxprune._src.accessors import get_masked_weights
+from jaxprune._src.accessors import get_thresholds
+from jaxprune._src.accessors import get_weight_sparsity
+from jaxprune._src.accessors import get_weights
+from jaxprune._src.accessors import pruning_summaries
+from jaxprune._src.export import load_sparse
+from jaxprune._src.export import save_sparse
+from jaxprune._src.export import strip
+from jaxprune._src.export import to_bcoo
+from jaxprune._src.flops import FlopsReport
+from jaxprune._src.flops import count_flops
+from jaxprune._src.flops import flops_report
+from jaxprune._src.masks import apply_masks
+from jaxprune._src.masks import global_magnitude_masks
+from jaxprune._src.masks import magnitude_mask
+from jaxprune._src.oneshot import prune_units
+from jaxprune._src.oneshot import prune_weights
+from jaxprune._src.schedules import ConstantSparsity
+from jaxprune._src.schedules import OptaxSparsity
+from jaxprune._src.schedules import PolynomialDecay
+from jaxprune._src.schedules import PruningSchedule
+from jaxprune._src.schedules import constant_sparsity
+from jaxprune._src.schedules import polynomial_decay
+from jaxprune._src.schedules import schedule_from_optax
+from jaxprune._src.structured import BlockSparsity
+from jaxprune._src.structured import NMSparsity
+from jaxprune._src.structured import UnitSparsity
+from jaxprune._src.structured import block_mask
+from jaxprune._src.structured import nm_mask
+from jaxprune._src.structured import unit_mask
+from jaxprune._src.summaries import get_masks
+from jaxprune._src.summaries import get_pruning_state
+from jaxprune._src.summaries import sparsity_summary
+from jaxprune._src.summaries import sparsity_table
+from jaxprune._src.transform import MagnitudePruningState
+from jaxprune._src.transform import magnitude_pruning
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BlockSparsity",
     "ConstantSparsity",
     "FlopsReport",
     "MagnitudePruningState",
+    "NMSparsity",
     "OptaxSparsity",
     "PolynomialDecay",
     "PruningSchedule",
+    "UnitSparsity",
     "apply_masks",
+    "block_mask",
     "constant_sparsity",
     "count_flops",
     "flops_report",
+    "get_masked_weights",
     "get_masks",
     "get_pruning_state",
+    "get_thresholds",
+    "get_weight_sparsity",
+    "get_weights",
     "global_magnitude_masks",
+    "load_sparse",
     "magnitude_mask",
     "magnitude_pruning",
+    "nm_mask",
     "polynomial_decay",
+    "prune_units",
+    "prune_weights",
+    "pruning_summaries",
+    "save_sparse",
     "schedule_from_optax",
     "sparsity_summary",
     "sparsity_table",
+    "strip",
+    "to_bcoo",
+    "unit_mask",
 ]
