@@ -359,3 +359,66 @@ def test_get_masks_keeps_nnx_param_structure():
     masked = jp.apply_masks(params, jp.get_masks(opt_state))
     assert jax.tree.structure(masked) == jax.tree.structure(params)
     assert int(jnp.sum(masked["kernel"][...] == 0)) == 8
+
+
+def test_structures_in_the_transformation():
+    params = {
+        "dense": {"kernel": jax.random.normal(jax.random.key(0), (8, 12))},
+        "nm": {"kernel": jax.random.normal(jax.random.key(1), (16, 6))},
+        "conv": {"kernel": jax.random.normal(jax.random.key(2), (3, 3, 4, 8))},
+    }
+    tx = optax.chain(
+        optax.sgd(0.01),
+        jp.magnitude_pruning(
+            jp.constant_sparsity(0.5, frequency=1),
+            structure={"dense": jp.BlockSparsity((2, 4), "max"), "nm": jp.NMSparsity(2, 4)},
+        ),
+    )
+    state = tx.init(params)
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, state = jax.jit(tx.update)(grads, state, params)
+    new = optax.apply_updates(params, updates)
+    # Blocks of 2x4: each block is all kept or all pruned, half of the 12 blocks kept.
+    blocks = np.asarray(new["dense"]["kernel"] != 0).reshape(4, 2, 3, 4).transpose(0, 2, 1, 3)
+    per_block = blocks.reshape(12, 8).sum(axis=1)
+    assert set(per_block.tolist()) <= {0, 8} and (per_block == 8).sum() == 6
+    np.testing.assert_array_equal(
+        jp.get_masks(state)["dense"]["kernel"],
+        jp.block_mask(params["dense"]["kernel"] - 0.01, 0.5, (2, 4), pooling="max"),
+    )
+    # 2:4 along the input axis: every group of 4 rows keeps exactly 2 in each column.
+    kept = np.asarray(new["nm"]["kernel"] != 0).reshape(4, 4, 6).sum(axis=1)
+    assert np.all(kept == 2)
+    # Leaves without a structure are ranked weight by weight.
+    assert float(jnp.mean(new["conv"]["kernel"] == 0)) == 0.5
+
+
+def test_global_scope_ranks_structured_leaves_on_their_own():
+    params = {
+        "a": jnp.arange(1.0, 9.0).reshape(2, 4),
+        "b": 10 * jnp.arange(1.0, 9.0).reshape(2, 4),
+        "u": jnp.array([[1.0, 5.0], [1.0, 5.0]]),
+    }
+    tx = jp.magnitude_pruning(
+        jp.constant_sparsity(0.5, frequency=1), scope="global", structure={"u": jp.UnitSparsity()}
+    )
+    updates, state = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+    new = optax.apply_updates(params, updates)
+    assert int(jnp.sum(new["a"] != 0)) == 0 and int(jnp.sum(new["b"] != 0)) == 8
+    np.testing.assert_array_equal(new["u"], [[0.0, 5.0], [0.0, 5.0]])
+
+
+def test_structure_errors_are_raised_early():
+    params = {"conv": jnp.ones((3, 3, 4, 8))}
+    with pytest.raises(ValueError, match=r"\(3, 3, 4, 8\)"):
+        jp.magnitude_pruning(jp.constant_sparsity(0.5), structure=jp.BlockSparsity((2, 2))).init(
+            params
+        )
+    with pytest.raises(TypeError, match="structure must be"):
+        jp.magnitude_pruning(jp.constant_sparsity(0.5), structure=(2, 4))
+    with pytest.raises(TypeError, match=r"structure\['conv'\] must be"):
+        jp.magnitude_pruning(jp.constant_sparsity(0.5), structure={"conv": (2, 4)})
+    with pytest.raises(ValueError, match="structure entry 'dense' matches no pruned leaf"):
+        jp.magnitude_pruning(
+            jp.constant_sparsity(0.5), structure={"dense": jp.NMSparsity(2, 4)}
+        ).init(params)

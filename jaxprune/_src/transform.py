@@ -99,12 +99,40 @@ def _leaf_schedules(schedule: Any, sparsity_map: Mapping[str, Any] | None) -> An
     return per_leaf
 
 
+def _leaf_structures(structure: Any) -> Any:
+    """Validates ``structure``; returns a function ``(paths, chosen) -> per-leaf structures``."""
+    if structure is None or callable(structure):
+
+        def same(paths: list[str], chosen: list[bool]) -> list[Any]:
+            return [structure if on else None for on in chosen]
+
+        return same
+    if not isinstance(structure, Mapping):
+        raise TypeError(
+            "structure must be None, a structure such as jaxprune.BlockSparsity((4, 4)), "
+            f"or a mapping from regex to structure; got {structure!r}"
+        )
+    entries = spec.compile_map(structure, "structure")
+    for rx, value in entries:
+        if not callable(value):
+            raise TypeError(
+                f"structure[{rx.pattern!r}] must be a structure such as "
+                f"jaxprune.NMSparsity(2, 4), got {value!r}"
+            )
+
+    def per_leaf(paths: list[str], chosen: list[bool]) -> list[Any]:
+        return spec.lookup(entries, paths, chosen, "structure")
+
+    return per_leaf
+
+
 def magnitude_pruning(
     schedule: PruningSchedule | Callable[[ArrayLike], tuple[Array, Array]],
     *,
     scope: str = "layer",
     prune: LeafRule | None = None,
     sparsity_map: Mapping[str, float | PruningSchedule] | None = None,
+    structure: Any = None,
     recompute_from: str = "updated",
 ) -> optax.GradientTransformationExtraArgs:
     r"""Prunes the smallest-magnitude weights on a schedule; place it last in an optax chain.
@@ -137,6 +165,14 @@ def magnitude_pruning(
         ``weight_sparsity_map`` rule); a schedule replaces the schedule for those leaves. A
         leaf matched by two entries is an error. With ``scope="global"``, overridden leaves
         are ranked on their own and the others share one threshold.
+      structure: what is ranked: ``None`` (single weights, the default), or a structure for
+        every pruned leaf — :class:`jaxprune.BlockSparsity` (blocks pooled by average or max),
+        :class:`jaxprune.NMSparsity` (``n`` of every ``m`` along the input axis, applied on the
+        schedule's pruning turns; the schedule's sparsity is ignored) or
+        :class:`jaxprune.UnitSparsity` (whole output units by L2 norm) — or a mapping
+        ``{regex: structure}`` for some leaves (two entries matching one leaf is an error).
+        Structured leaves are always ranked on their own. A structure a leaf cannot take (e.g.
+        blocks on a rank-4 kernel) raises at ``init``.
       recompute_from: ``"updated"`` (default) ranks the weights this step produces,
         :math:`w + u`; ``"current"`` ranks the weights before this update. ``"current"`` is
         cheaper on steps that do not prune: the masks' ``lax.cond`` then does not need the
@@ -173,15 +209,22 @@ def magnitude_pruning(
         raise ValueError(f"recompute_from must be one of {_RECOMPUTE_FROM}, got {recompute_from!r}")
     rule = spec.compile_rule(prune, "prune")
     leaf_schedules = _leaf_schedules(schedule, sparsity_map)
+    leaf_structures = _leaf_structures(structure)
 
-    def plan(params: Any) -> tuple[list[str], list[Any], Any, list[bool], list[Any]]:
+    def plan(params: Any) -> tuple[list[Any], Any, list[bool], list[Any], list[Any]]:
         paths, leaves, treedef = spec.flatten(params)
         chosen = spec.select(paths, leaves, rule)
         scheds = leaf_schedules(paths, chosen)
-        return paths, leaves, treedef, chosen, scheds
+        structs = leaf_structures(paths, chosen)
+        return leaves, treedef, chosen, scheds, structs
 
     def init_fn(params: Any) -> MagnitudePruningState:
-        _, leaves, treedef, chosen, _ = plan(params)
+        leaves, treedef, chosen, _, structs = plan(params)
+        for leaf, st in zip(leaves, structs):
+            if st is not None:
+                # Trace the structure once on the leaf's shape, so a structure the leaf cannot
+                # take (e.g. blocks on a rank-4 kernel) fails here rather than inside a step.
+                jax.eval_shape(st, leaf, jnp.float32(0.5))
         masks = masks_lib.masks_like(params, chosen)
         thresholds = [
             jnp.zeros((), x.dtype if spec.is_float_array(x) else jnp.float32) for x in leaves
@@ -200,7 +243,7 @@ def magnitude_pruning(
             raise ValueError(
                 "magnitude_pruning needs the current params: call tx.update(updates, state, params)"
             )
-        _, p_leaves, treedef, chosen, scheds = plan(params)
+        p_leaves, treedef, chosen, scheds, structs = plan(params)
         u_leaves = treedef.flatten_up_to(updates)
         m_leaves = treedef.flatten_up_to(state.masks)
         t_leaves = treedef.flatten_up_to(state.thresholds)
@@ -218,19 +261,36 @@ def magnitude_pruning(
         for sch in order:
             idx = groups[id(sch)]
             should_prune, sparsity = sch(state.count)
-            ranked_together = scope == "global" and sch is schedule
+            # With global scope, leaves on the main schedule and without a structure share one
+            # threshold; the others are ranked on their own.
+            together = [
+                j
+                for j, i in enumerate(idx)
+                if scope == "global" and sch is schedule and structs[i] is None
+            ]
 
-            def recompute(operands, ranked_together=ranked_together):
+            def recompute(operands, idx=idx, together=together):
                 p, u, _, _, s = operands
                 # With u, the weights this step produces, p + u, computed as
                 # optax.apply_updates does (chunk by chunk, never stored whole).
                 u = [None] * len(p) if u is None else u
-                if ranked_together:
-                    masks, thr = masks_lib.global_threshold(p, s, u)
-                    thrs = [thr.astype(x.dtype) for x in p]
-                else:
-                    pairs = [masks_lib.magnitude_threshold(x, s, ui) for x, ui in zip(p, u)]
-                    masks, thrs = [m for m, _ in pairs], [t for _, t in pairs]
+                masks: list[Any] = [None] * len(p)
+                thrs: list[Any] = [None] * len(p)
+                if together:
+                    shared, thr = masks_lib.global_threshold(
+                        [p[j] for j in together], s, [u[j] for j in together]
+                    )
+                    for j, m in zip(together, shared):
+                        masks[j], thrs[j] = m, thr.astype(p[j].dtype)
+                for j, i in enumerate(idx):
+                    if masks[j] is not None:
+                        continue
+                    if structs[i] is None:
+                        masks[j], thrs[j] = masks_lib.magnitude_threshold(p[j], s, u[j])
+                        continue
+                    x = p[j] if u[j] is None else jnp.asarray(p[j] + u[j]).astype(p[j].dtype)
+                    m, t = structs[i](x, s)
+                    masks[j], thrs[j] = m.astype(bool), jnp.asarray(t).astype(p[j].dtype)
                 return masks, thrs
 
             def keep(operands):
