@@ -40,6 +40,12 @@ def magnitude_threshold(
     _check_float(x, "x")
     if x.size == 0:
         return jnp.ones(x.shape, bool), jnp.zeros((), x.dtype)
+    return _magnitude_threshold(x, jnp.asarray(sparsity, jnp.float32), update)
+
+
+# Jitted so that eager calls run as one program, not op by op (inside a jit it is inlined).
+@jax.jit
+def _magnitude_threshold(x: Array, sparsity: Array, update: Array | None) -> tuple[Array, Array]:
     src = selection.magnitude_source(x, selection.key_dtype([x.dtype]), update)
     kth = selection.kth_largest_key([src], selection.kept_count(x.size, sparsity))
     return src.keys(*src.arrays) >= kth, selection.key_to_magnitude(kth, x.dtype)
@@ -82,6 +88,13 @@ def global_threshold(
 
     The threshold is returned in the widest float dtype of ``leaves``.
     """
+    return _global_threshold(list(leaves), jnp.asarray(sparsity, jnp.float32), updates)
+
+
+@jax.jit
+def _global_threshold(
+    leaves: list[Array], sparsity: Array, updates: list[Array] | None
+) -> tuple[list[Array], Array]:
     dtypes = [x.dtype for x in leaves]
     ktype = selection.key_dtype(dtypes)
     updates = [None] * len(leaves) if updates is None else updates
