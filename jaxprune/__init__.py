@@ -12,16 +12,32 @@ from jaxprune._src.accessors import get_thresholds
 from jaxprune._src.accessors import get_weight_sparsity
 from jaxprune._src.accessors import get_weights
 from jaxprune._src.accessors import pruning_summaries
+from jaxprune._src.config import PruningConfig
 from jaxprune._src.export import load_sparse
 from jaxprune._src.export import save_sparse
 from jaxprune._src.export import strip
 from jaxprune._src.export import to_bcoo
+from jaxprune._src.fisher import FisherPruningState
+from jaxprune._src.fisher import extend_masks
+from jaxprune._src.fisher import fisher_batch_signals
+from jaxprune._src.fisher import fisher_prune
+from jaxprune._src.fisher import fisher_pruning
+from jaxprune._src.fisher import fisher_signals
+from jaxprune._src.fisher import fisher_value_and_grad
+from jaxprune._src.fisher import mask_channels
+from jaxprune._src.fisher import per_example_mask_grads
+from jaxprune._src.fisher import update_fisher_signals
 from jaxprune._src.flops import FlopsReport
 from jaxprune._src.flops import count_flops
 from jaxprune._src.flops import flops_report
+from jaxprune._src.legacy import LegacyPruningState
+from jaxprune._src.legacy import pruning_from_config
 from jaxprune._src.masks import apply_masks
 from jaxprune._src.masks import global_magnitude_masks
 from jaxprune._src.masks import magnitude_mask
+from jaxprune._src.nn import ChannelMask
+from jaxprune._src.nn import ChannelMaskVariable
+from jaxprune._src.nn import NNXChannelMask
 from jaxprune._src.oneshot import prune_units
 from jaxprune._src.oneshot import prune_weights
 from jaxprune._src.schedules import ConstantSparsity
@@ -48,18 +64,30 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BlockSparsity",
+    "ChannelMask",
+    "ChannelMaskVariable",
     "ConstantSparsity",
+    "FisherPruningState",
     "FlopsReport",
+    "LegacyPruningState",
     "MagnitudePruningState",
     "NMSparsity",
+    "NNXChannelMask",
     "OptaxSparsity",
     "PolynomialDecay",
+    "PruningConfig",
     "PruningSchedule",
     "UnitSparsity",
     "apply_masks",
     "block_mask",
     "constant_sparsity",
     "count_flops",
+    "extend_masks",
+    "fisher_batch_signals",
+    "fisher_prune",
+    "fisher_pruning",
+    "fisher_signals",
+    "fisher_value_and_grad",
     "flops_report",
     "get_masked_weights",
     "get_masks",
@@ -71,10 +99,13 @@ __all__ = [
     "load_sparse",
     "magnitude_mask",
     "magnitude_pruning",
+    "mask_channels",
     "nm_mask",
+    "per_example_mask_grads",
     "polynomial_decay",
     "prune_units",
     "prune_weights",
+    "pruning_from_config",
     "pruning_summaries",
     "save_sparse",
     "schedule_from_optax",
@@ -83,4 +114,5 @@ __all__ = [
     "strip",
     "to_bcoo",
     "unit_mask",
+    "update_fisher_signals",
 ]

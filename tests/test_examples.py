@@ -49,3 +49,17 @@ def test_digits_check_fails_visibly(digits):
 def test_digits_rejects_too_few_steps(digits):
     with pytest.raises(SystemExit):
         digits.parse_args(["--steps", "10"])
+
+
+def test_fisher_digits_reaches_its_flops_target(tmp_path, capsys):
+    fisher = _load("fisher_digits")
+    out = tmp_path / "fisher"
+    argv = ["--dense-steps", "150", "--frequency", "2", "--burn-in", "5", "--target", "0.8"]
+    assert fisher.main([*argv, "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert list(out.glob("*.png"))
+    # In the final table, every rule's row reports FLOPs at or under the 80% target.
+    final = stdout.split("At the end:")[1].split("plot:")[0]
+    rows = re.findall(r"^  (\S.*?)\s+(\d+\.\d)%\s+(\d+\.\d\d)%\s+(\d+)\s", final, re.M)
+    assert len(rows) == 2, final
+    assert all(float(flops) <= 80.0 for _, flops, _, _ in rows), final
