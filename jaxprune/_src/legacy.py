@@ -42,7 +42,7 @@ from jaxprune._src import selection, spec, structured
 from jaxprune._src.base import Array, ArrayLike, LeafRule, Masks
 from jaxprune._src.config import THRESHOLDS, PruningConfig
 from jaxprune._src.schedules import PolynomialDecay
-from jaxprune._src.transform import register_pruning_state
+from jaxprune._src.transform import initial_thresholds, register_pruning_state, zero_pruned
 
 __all__ = ["LegacyPruningState", "pruning_from_config"]
 
@@ -425,9 +425,7 @@ def pruning_from_config(
 
     def init_fn(params: Any) -> LegacyPruningState:
         leaves, treedef, chosen, _ = plan(params)
-        thresholds = [
-            jnp.zeros((), x.dtype if spec.is_float_array(x) else jnp.float32) for x in leaves
-        ]
+        thresholds = initial_thresholds(leaves)
         return LegacyPruningState(
             count=jnp.zeros((), jnp.int32),
             last_update_step=jnp.zeros((), jnp.int32),
@@ -490,11 +488,7 @@ def pruning_from_config(
             for j, i in enumerate(idx):
                 m_leaves[i], t_leaves[i] = new_m[j], new_t[j]
 
-        out = list(u_leaves)
-        for i in idx:
-            u = u_leaves[i]
-            # w + (-w) is exactly +0.0 for every finite w.
-            out[i] = jnp.where(m_leaves[i], u, -jnp.asarray(p_leaves[i]).astype(u.dtype))
+        out = zero_pruned(u_leaves, p_leaves, m_leaves, idx)
         new_state = LegacyPruningState(
             count=optax.safe_int32_increment(state.count),
             last_update_step=jnp.where(fire, step, state.last_update_step),

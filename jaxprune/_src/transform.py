@@ -47,6 +47,26 @@ def register_pruning_state(cls: type) -> type:
     return cls
 
 
+def initial_thresholds(leaves: list[Any]) -> list[Array]:
+    """A zero threshold per leaf, in the leaf's float dtype (float32 for other leaves)."""
+    return [jnp.zeros((), x.dtype if spec.is_float_array(x) else jnp.float32) for x in leaves]
+
+
+def zero_pruned(
+    u_leaves: list[Any], p_leaves: list[Any], m_leaves: list[Any], pruned: list[int]
+) -> list[Any]:
+    """Updates after which the pruned entries of the leaves ``pruned`` are exactly ``0.0``.
+
+    ``u`` where the mask keeps an entry, ``-w`` where it prunes it: ``w + (-w)`` is exactly
+    ``+0.0`` for every finite ``w``, so ``optax.apply_updates`` leaves pruned weights at zero.
+    """
+    out = list(u_leaves)
+    for i in pruned:
+        u = u_leaves[i]
+        out[i] = jnp.where(m_leaves[i], u, -jnp.asarray(p_leaves[i]).astype(u.dtype))
+    return out
+
+
 class _ScaledSchedule(PruningSchedule):
     """Another schedule's timing, with its sparsity curve rescaled to end at ``target``.
 
@@ -226,9 +246,7 @@ def magnitude_pruning(
                 # take (e.g. blocks on a rank-4 kernel) fails here rather than inside a step.
                 jax.eval_shape(st, leaf, jnp.float32(0.5))
         masks = masks_lib.masks_like(params, chosen)
-        thresholds = [
-            jnp.zeros((), x.dtype if spec.is_float_array(x) else jnp.float32) for x in leaves
-        ]
+        thresholds = initial_thresholds(leaves)
         return MagnitudePruningState(
             count=jnp.zeros((), jnp.int32),
             masks=jax.tree_util.tree_unflatten(treedef, masks),
@@ -308,12 +326,7 @@ def magnitude_pruning(
             for j, i in enumerate(idx):
                 m_leaves[i], t_leaves[i] = new_m[j], new_t[j]
 
-        out = list(u_leaves)
-        for i, on in enumerate(chosen):
-            if on:
-                u = u_leaves[i]
-                # w + (-w) is exactly +0.0 for every finite w.
-                out[i] = jnp.where(m_leaves[i], u, -jnp.asarray(p_leaves[i]).astype(u.dtype))
+        out = zero_pruned(u_leaves, p_leaves, m_leaves, [i for i, on in enumerate(chosen) if on])
         new_state = MagnitudePruningState(
             count=optax.safe_int32_increment(state.count),
             masks=jax.tree_util.tree_unflatten(treedef, m_leaves),
