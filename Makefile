@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench lint docs clean
 
 $(VENV)/.stamp-%: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,9 +20,12 @@ test: $(VENV)/.stamp-test
 bench: $(VENV)/.stamp-examples
 	$(PY) benchmarks/step_overhead.py
 
+docs: $(VENV)/.stamp-docs
+	$(PY) -m sphinx -W --keep-going -b html docs site
+
 lint: $(VENV)/.stamp-dev
 	$(PY) -m ruff check jaxprune tests examples benchmarks
 	$(PY) -m ruff format --check jaxprune tests examples benchmarks
 
 clean:
-	rm -rf $(VENV) out
+	rm -rf $(VENV) out site

@@ -66,10 +66,10 @@ def test_prune_weights_layer_matches_magnitude_mask():
 
 
 def test_prune_weights_global_scope():
-    params = {"a": jnp.array([[1.0, 2.0], [3.0, 4.0]]), "b": jnp.array([[9.0, 0.5]])}
+    params = {"a": jnp.array([[1.0, 2.0], [3.0, 4.0]]), "b": jnp.array([[9.0, 0.5], [0.25, 0.1]])}
     pruned, masks = prune_weights(params, 0.5, scope="global")
-    np.testing.assert_array_equal(pruned["a"], [[0.0, 0.0], [3.0, 4.0]])
-    np.testing.assert_array_equal(pruned["b"], [[9.0, 0.0]])
+    np.testing.assert_array_equal(pruned["a"], [[0.0, 2.0], [3.0, 4.0]])
+    np.testing.assert_array_equal(pruned["b"], [[9.0, 0.0], [0.0, 0.0]])
     want = jax.jit(masks_lib.global_magnitude_masks)(params, 0.5)
     for key in params:
         np.testing.assert_array_equal(masks[key], want[key])

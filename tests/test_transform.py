@@ -118,15 +118,15 @@ def test_masks_change_only_on_pruning_steps():
 
 
 def test_masks_are_computed_from_the_weights_this_step_produces():
-    params = {"w": jnp.array([[1.0, -2.0, 3.0, -4.0]])}
+    params = {"w": jnp.array([[1.0, -2.0], [3.0, -4.0]])}
     tx = jp.magnitude_pruning(jp.constant_sparsity(0.5, 0, frequency=1))
     state = tx.init(params)
     # An update that reorders the magnitudes: the mask must follow the new weights.
-    updates = {"w": jnp.array([[9.0, 2.0, 0.0, 4.0]])}
+    updates = {"w": jnp.array([[9.0, 2.0], [0.0, 4.0]])}
     out, state = tx.update(updates, state, params)
     new = optax.apply_updates(params, out)
-    np.testing.assert_array_equal(new["w"], [[10.0, 0.0, 3.0, 0.0]])
-    np.testing.assert_array_equal(state.masks["w"], [[True, False, True, False]])
+    np.testing.assert_array_equal(new["w"], [[10.0, 0.0], [3.0, 0.0]])
+    np.testing.assert_array_equal(state.masks["w"], [[True, False], [True, False]])
     np.testing.assert_allclose(state.thresholds["w"], 3.0)
 
 
@@ -422,3 +422,19 @@ def test_structure_errors_are_raised_early():
         jp.magnitude_pruning(
             jp.constant_sparsity(0.5), structure={"dense": jp.NMSparsity(2, 4)}
         ).init(params)
+
+
+def test_default_rule_counts_axes_longer_than_one():
+    params = {
+        "eqx_conv_bias": jnp.ones((4, 1, 1)),  # Equinox stores conv biases with singleton axes
+        "pointwise": jnp.ones((1, 1, 3, 5)),
+        "row": jnp.ones((1, 6)),
+        "kernel": jnp.ones((3, 5)),
+    }
+    masks = jp.magnitude_pruning(jp.constant_sparsity(0.5)).init(params).masks
+    assert {k: m.shape for k, m in masks.items()} == {
+        "eqx_conv_bias": (),
+        "pointwise": (1, 1, 3, 5),
+        "row": (),
+        "kernel": (3, 5),
+    }

@@ -120,7 +120,7 @@ def global_magnitude_masks(
       params: a pytree of arrays.
       sparsity: fraction of the selected entries to prune, in ``[0, 1]``; may be traced.
       prune: which leaves take part: a regex searched in the ``/``-joined leaf path, or a
-        predicate ``(path, leaf) -> bool``. Default: float leaves of rank >= 2.
+        predicate ``(path, leaf) -> bool``. Default: float leaves with two or more axes longer than 1.
 
     Returns:
       A pytree shaped like ``params``: bool arrays of the leaf's shape for selected leaves, and
@@ -133,13 +133,15 @@ def global_magnitude_masks(
     Examples:
       >>> import jax.numpy as jnp
       >>> import jaxprune as jp
-      >>> params = {"a": jnp.array([[1.0, 2.0], [3.0, 4.0]]), "b": jnp.array([[9.0, 0.5]])}
+      >>> params = {"a": jnp.array([[1.0, 2.0], [3.0, 4.0]]),
+      ...           "b": jnp.array([[9.0, 0.5], [0.25, 0.1]])}
       >>> masks = jp.global_magnitude_masks(params, 0.5)
       >>> masks["a"]
-      Array([[False, False],
+      Array([[False,  True],
              [ True,  True]], dtype=bool)
       >>> masks["b"]
-      Array([[ True, False]], dtype=bool)
+      Array([[ True, False],
+             [False, False]], dtype=bool)
     """
     check_sparsity(sparsity, "sparsity", allow_one=True)
     rule = spec.compile_rule(prune, "prune")
@@ -174,7 +176,9 @@ def masks_like(params: Params, chosen: list[bool]) -> list[Any]:
     """All-``True`` masks: leaf-shaped for the chosen leaves, scalar ``True`` for the others."""
     leaves = jax.tree_util.tree_leaves(params)
     return [
-        jnp.ones(jnp.shape(x), bool) if on else jnp.ones((), bool) for x, on in zip(leaves, chosen)
+        # ones_like keeps the leaf's sharding: a sharded kernel gets a sharded mask at init.
+        jnp.ones_like(x, dtype=bool) if on else jnp.ones((), bool)
+        for x, on in zip(leaves, chosen)
     ]
 
 

@@ -1,7 +1,7 @@
 """Which leaves of a params tree are pruned.
 
-By default a leaf is pruned when it is a floating-point array of rank >= 2 with at least one
-entry: kernels of dense and convolution layers, and embedding tables. Biases, normalisation
+By default a leaf is pruned when it is a floating-point array with two or more axes longer
+than 1: kernels of dense and convolution layers, and embedding tables. Biases, normalisation
 scales, scalars and integer leaves are left alone. A rule given by the user replaces the
 default:
 
@@ -49,9 +49,13 @@ def _matches(rule: Any, path: str, leaf: Any) -> bool:
 
 
 def default_prunable(leaf: Any) -> bool:
-    """Float arrays of rank >= 2 with at least one entry."""
+    """Float arrays with two or more axes longer than 1 (kernels and embeddings).
+
+    Counting only axes longer than 1 leaves out biases stored with singleton axes, such as
+    Equinox's ``(out, 1, 1)`` convolution bias, while ``(1, 1, in, out)`` kernels still count.
+    """
     shape = getattr(leaf, "shape", None)
-    return shape is not None and is_float_array(leaf) and len(shape) >= 2 and leaf.size > 0
+    return shape is not None and is_float_array(leaf) and sum(d > 1 for d in shape) >= 2
 
 
 def flatten(tree: Any) -> tuple[list[str], list[Any], Any]:
