@@ -179,7 +179,7 @@ def magnitude_pruning(
         pruned leaves together.
       prune: which leaves are pruned: a regex searched in the ``/``-joined leaf path (e.g.
         ``"kernel"``, ``"Dense_0/kernel"``) or a predicate ``(path, leaf) -> bool``. Default:
-        float leaves with two or more axes longer than 1 (kernels and embeddings).
+        float leaves with 2+ axes longer than 1 (kernels and embeddings).
       sparsity_map: per-leaf overrides ``{regex: value}``. A float ``v`` rescales the
         schedule's curve to end at ``v`` (:math:`s_{leaf} = s \cdot v / s_{final}`, TensorFlow's
         ``weight_sparsity_map`` rule); a schedule replaces the schedule for those leaves. A
