@@ -176,8 +176,8 @@ def kth_largest_key(sources: Sequence[KeySource | Array], k: ArrayLike) -> Array
     Args:
       sources: :class:`KeySource` s, or arrays of keys, of one unsigned key dtype, ranked
         together.
-      k: traced or concrete int, ``1 <= k <= total size``. Outside that range the result is
-        the largest key (``k < 1``) or the smallest (``k > n``).
+      k: traced or concrete int, ``1 <= k <= total size`` (:func:`kept_count` gives such a
+        k). Outside that range the result is not a key of the input: clamp ``k`` first.
 
     Returns:
       A scalar of the key dtype.
