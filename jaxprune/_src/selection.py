@@ -185,7 +185,10 @@ def kth_largest_key(sources: Sequence[KeySource | Array], k: ArrayLike) -> Array
     if not sources:
         raise ValueError("kth_largest_key needs at least one source of keys")
     sources = [s if isinstance(s, KeySource) else KeySource((s,), lambda a: a) for s in sources]
-    ktypes = {jax.eval_shape(s.keys, *[a.reshape(-1)[:1] for a in s.arrays]).dtype for s in sources}
+    ktypes = {
+        jax.eval_shape(s.keys, *[jax.ShapeDtypeStruct((1,), a.dtype) for a in s.arrays]).dtype
+        for s in sources
+    }
     if len(ktypes) != 1 or not jnp.issubdtype(next(iter(ktypes)), jnp.unsignedinteger):
         raise TypeError(f"all keys must share one unsigned dtype, got {sorted(map(str, ktypes))}")
     ktype = jnp.dtype(next(iter(ktypes)))
