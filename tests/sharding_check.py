@@ -82,6 +82,26 @@ def check_no_gather(mesh, model_parallel):
         print(f"{name}: no all-gather, histograms all-reduced")
 
 
+def check_explicit_axes():
+    """On a mesh with Explicit axes (jax.make_mesh's default) masks equal the unsharded ones."""
+    mesh = jax.make_mesh((2, 4), ("data", "model"))
+    plain = init_params()
+    shardings = {
+        "w1": NamedSharding(mesh, P(None, "model")),
+        "b1": NamedSharding(mesh, P("model")),
+        "w2": NamedSharding(mesh, P("model", None)),
+    }
+    params = jax.device_put(plain, shardings)
+    for scope in ("layer", "global"):
+        tx = jp.magnitude_pruning(jp.constant_sparsity(0.7, frequency=1), scope=scope)
+        _, state = jax.jit(tx.update)(params, tx.init(params), params)
+        _, want = tx.update(plain, tx.init(plain), plain)
+        for leaf in ("w1", "w2"):
+            np.testing.assert_array_equal(state.masks[leaf], want.masks[leaf])
+            assert state.masks[leaf].sharding.spec == shardings[leaf].spec, leaf
+    print("explicit axes: masks equal to one device and sharded like their params")
+
+
 def main():
     assert jax.device_count() == 8, jax.devices()
     mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("data", "model"))
@@ -92,6 +112,7 @@ def main():
     }
     data_parallel = NamedSharding(mesh, P("data", None))
     check_no_gather(mesh, model_parallel)
+    check_explicit_axes()
     for scope in ("layer", "global"):
         ref_params, ref_masks = run(scope)
         for name, kwargs in {

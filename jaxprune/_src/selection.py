@@ -30,6 +30,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxprune._src.base import Array, ArrayLike
 
@@ -119,14 +120,28 @@ def magnitude_source(x: Array, ktype: jnp.dtype, update: Array | None = None) ->
 _CPU_CHUNK = 1 << 18
 
 
+def _replicated(x: Array) -> NamedSharding | None:
+    """A replicated sharding on ``x``'s mesh when that mesh has explicit axes, else ``None``.
+
+    Under explicit sharding (the default of ``jax.make_mesh`` in recent JAX) a scatter from
+    sharded keys into the replicated histogram must name its output sharding.
+    """
+    mesh = getattr(jax.typeof(x).sharding, "mesh", None)
+    if mesh is None or not getattr(mesh, "explicit_axes", ()):
+        return None
+    return NamedSharding(mesh, PartitionSpec())
+
+
 def _add_to_hist(hist: Array, keys: Array, shift: int, prefix: Array | None) -> Array:
     digit = (keys >> shift) & (_NUM_BINS - 1)
+    out_sharding = _replicated(keys)
     if prefix is None:
-        return hist.at[digit].add(1, mode="promise_in_bounds")
+        return hist.at[digit].add(1, mode="promise_in_bounds", out_sharding=out_sharding)
     # Only keys that share the digits found so far take part; the others go to an
     # out-of-range bin and are dropped.
     match = (keys >> (shift + _DIGIT_BITS)) == prefix
-    return hist.at[jnp.where(match, digit, _NUM_BINS)].add(1, mode="drop")
+    index = jnp.where(match, digit, _NUM_BINS)
+    return hist.at[index].add(1, mode="drop", out_sharding=out_sharding)
 
 
 def _hist_pass(
