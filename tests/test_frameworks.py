@@ -265,8 +265,8 @@ def test_equinox_filter():
     x, y = dataset()
     x = jnp.moveaxis(x, -1, 1)  # Equinox convolutions are channels-first
     model = eqx.filter_jit(EqxCNN)(jax.random.key(0))
-    # The default rule: Equinox's conv bias, stored as (out, 1, 1), has only one axis longer
-    # than 1, so it is left alone like any bias; the weights are pruned.
+    # The default rule: Equinox's conv bias, stored as (out, 1, 1), is named "bias", so it is
+    # left alone like any bias; the weights are pruned.
     tx = optax.chain(optax.adam(1e-2), jp.magnitude_pruning(SCHEDULE))
     opt_state = tx.init(eqx.filter(model, eqx.is_array))
 

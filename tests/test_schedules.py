@@ -207,3 +207,10 @@ def test_schedule_from_optax():
         jp.schedule_from_optax(optax.linear_schedule(0.0, 1.5, 10), end_step=10)
     with pytest.raises(TypeError, match="callable"):
         jp.schedule_from_optax(0.5)
+
+
+def test_unsigned_steps_and_array_sparsities():
+    schedule = jp.polynomial_decay(0.05, 0.75, begin_step=3, end_step=250)
+    assert float(schedule(np.uint32(0))[1]) == pytest.approx(0.05, abs=1e-6)
+    jp.constant_sparsity(jnp.float32(0.5))
+    jp.constant_sparsity(np.int64(0))

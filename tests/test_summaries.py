@@ -37,7 +37,7 @@ def test_summary_and_table_with_masks():
 
 
 def test_chunked_counting(monkeypatch):
-    # Counting walks big leaves in chunks so int32 device sums cannot overflow.
+    # Leaves past the chunk size are counted row by row, summed in int64 on the host.
     monkeypatch.setattr(summaries, "_CHUNK", 5)
     x = jnp.asarray([0.0, 1, 0, 2, 0, 0, 3, 0, 0, 0, 4, 5, 0])
     assert summaries._zeros_and_size(x) == (8, 13)
@@ -48,3 +48,9 @@ def test_nnx_state():
     summary = jp.sparsity_summary(nnx.state(model, nnx.Param))
     assert summary["bias"] == 1.0 and summary["kernel"] == 0.0
     assert "kernel" in jp.sparsity_table(nnx.state(model, nnx.Param))
+
+
+def test_counts_large_leaves_by_rows(monkeypatch):
+    monkeypatch.setattr(summaries, "_CHUNK", 4)
+    x = jnp.asarray([[0.0, 1.0, 0.0], [2.0, 0.0, 0.0]])
+    assert summaries._zeros_and_size(x) == (4, 6)

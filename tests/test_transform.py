@@ -424,17 +424,33 @@ def test_structure_errors_are_raised_early():
         ).init(params)
 
 
-def test_default_rule_counts_axes_longer_than_one():
+def test_default_rule_rank_two_not_bias():
     params = {
-        "eqx_conv_bias": jnp.ones((4, 1, 1)),  # Equinox stores conv biases with singleton axes
+        "conv": {"bias": jnp.ones((4, 1, 1))},  # Equinox stores conv biases with singleton axes
         "pointwise": jnp.ones((1, 1, 3, 5)),
-        "row": jnp.ones((1, 6)),
+        "head": jnp.ones((6, 1)),  # a one-unit head is still a kernel
         "kernel": jnp.ones((3, 5)),
     }
     masks = jp.magnitude_pruning(jp.constant_sparsity(0.5)).init(params).masks
-    assert {k: m.shape for k, m in masks.items()} == {
-        "eqx_conv_bias": (),
+    assert jax.tree.map(jnp.shape, masks) == {
+        "conv": {"bias": ()},
         "pointwise": (1, 1, 3, 5),
-        "row": (),
+        "head": (6, 1),
         "kernel": (3, 5),
     }
+
+
+def test_narrow_updates_still_zero_pruned_weights():
+    params = {"w": jax.random.normal(jax.random.key(0), (8, 8))}
+    tx = jp.magnitude_pruning(jp.constant_sparsity(0.5, 0, frequency=1))
+    updates = {"w": jnp.full((8, 8), 0.01, jnp.bfloat16)}
+    out, state = tx.update(updates, tx.init(params), params)
+    new = optax.apply_updates(params, out)
+    assert int(jnp.sum(new["w"] == 0)) == 32
+    assert bool(jnp.all(new["w"][~state.masks["w"]] == 0))
+
+
+def test_sparsity_map_float_must_stay_below_one():
+    decreasing = jp.polynomial_decay(0.9, 0.1, 0, 100, frequency=1)
+    with pytest.raises(ValueError, match="to 1 or more"):
+        jp.magnitude_pruning(decreasing, sparsity_map={"a": 0.5})

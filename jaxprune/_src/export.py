@@ -108,8 +108,8 @@ def to_bcoo(params: Params, *, masks: Masks | None = None, prune: LeafRule | Non
     Which leaves are converted: with ``masks`` (e.g. :func:`jaxprune.get_masks`), the leaves
     whose mask is an array, after fusing the mask in (``where(mask, w, 0)``); without, the
     leaves that ``prune`` selects (the rules of :func:`jaxprune.magnitude_pruning`; default:
-    float leaves with 2+ axes longer than 1). Each converted leaf stores exactly its
-    non-zero entries (``nse`` = their count), so ``leaf.todense()`` gives the dense leaf back exactly; a
+    float leaves of rank >= 2). Each converted leaf stores exactly its non-zero entries
+    (``nse`` = their count), so ``leaf.todense()`` gives the dense leaf back exactly; a
     ``-0.0`` counts as zero and comes back as ``+0.0``. Other leaves are returned as they are.
 
     This runs on the host (the number of non-zeros sets the BCOO's static size), not under

@@ -369,8 +369,8 @@ def pruning_from_config(
       config: a :class:`~jaxprune._src.config.PruningConfig`, or its hparams string (parsed
         with ``PruningConfig.parse``).
       prune: which leaves are pruned: a regex searched in the ``/``-joined leaf path, or a
-        predicate ``(path, leaf) -> bool``. Default: float leaves with
-        2+ axes longer than 1 (kernels and embeddings). Map regexes are searched in the same paths.
+        predicate ``(path, leaf) -> bool``. Default: float leaves of
+        rank >= 2 (kernels and embeddings). Map regexes are searched in the same paths.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is a

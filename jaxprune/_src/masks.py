@@ -120,7 +120,7 @@ def global_magnitude_masks(
       params: a pytree of arrays.
       sparsity: fraction of the selected entries to prune, in ``[0, 1]``; may be traced.
       prune: which leaves take part: a regex searched in the ``/``-joined leaf path, or a
-        predicate ``(path, leaf) -> bool``. Default: float leaves with 2+ axes longer than 1.
+        predicate ``(path, leaf) -> bool``. Default: float leaves of rank >= 2.
 
     Returns:
       A pytree shaped like ``params``: bool arrays of the leaf's shape for selected leaves, and

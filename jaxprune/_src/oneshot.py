@@ -75,7 +75,7 @@ def prune_weights(
       sparsity: fraction to prune, in ``[0, 1]``.
       scope: ``"layer"`` or ``"global"``.
       prune: which leaves are pruned: a regex searched in the ``/``-joined leaf path, or a
-        predicate ``(path, leaf) -> bool``. Default: float leaves with 2+ axes longer than 1.
+        predicate ``(path, leaf) -> bool``. Default: float leaves of rank >= 2.
 
     Returns:
       ``(pruned_params, masks)``: ``params`` with pruned entries set to ``0.0`` (leaves that
@@ -129,7 +129,7 @@ def prune_units(
       sparsity: fraction of units to prune in each selected leaf, in ``[0, 1]``.
       axis: the axis that indexes the units, the same for every selected leaf.
       prune: which leaves are pruned (regex or predicate, see :func:`prune_weights`). Default:
-        float leaves with 2+ axes longer than 1.
+        float leaves of rank >= 2.
 
     Returns:
       ``(pruned_params, masks)`` as in :func:`prune_weights`.

@@ -16,8 +16,10 @@ itself is a turn only when ``(end_step - begin_step) % frequency == 0``.
 
 Steps: inside :func:`jaxprune.magnitude_pruning` the schedule sees optax's update count, so the
 first update is step 0. TensorFlow's Keras wrapper calls its schedule with step 1 on the first
-training batch; to reproduce a tfmot timeline exactly, build the jaxprune schedule with the same
-arguments and remember that tfmot's step ``s`` is jaxprune's update ``s - 1``.
+training batch, so tfmot's step ``s`` is jaxprune's update ``s - 1``: to reproduce a tfmot
+timeline, subtract 1 from ``begin_step`` and ``end_step`` (``begin_step=0`` becomes
+``frequency - 1``) and use ``recompute_from="current"`` (tfmot ranks the weights at the start of
+the batch). ``docs/migrating-from-tensorflow.md`` works through an example.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ def _as_step(step: ArrayLike) -> Array:
     step = jnp.asarray(step)
     if not jnp.issubdtype(step.dtype, jnp.integer):
         raise TypeError(f"step must be an integer, got dtype {step.dtype}")
+    if jnp.issubdtype(step.dtype, jnp.unsignedinteger):
+        step = step.astype(jnp.int32)  # step - begin_step must be able to go below zero
     return step
 
 
@@ -130,8 +134,12 @@ class PruningSchedule(abc.ABC):
     @staticmethod
     def validate_sparsity(sparsity: float, variable_name: str) -> None:
         """Raises ``ValueError`` unless ``0 <= sparsity < 1``."""
-        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float, np.floating)):
+        if isinstance(sparsity, (bool, str)) or np.ndim(sparsity) != 0:
             raise TypeError(f"{variable_name} must be a float, got {sparsity!r}")
+        try:
+            sparsity = float(sparsity)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{variable_name} must be a float, got {sparsity!r}") from e
         if not 0.0 <= sparsity < 1.0:
             raise ValueError(f"{variable_name} must be in range [0,1), got {sparsity!r}")
 

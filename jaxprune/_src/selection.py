@@ -177,7 +177,8 @@ def _histogram(sources: Sequence[KeySource], shift: int, prefix: Array | None) -
     arrays = [a for src in sources for a in src.arrays]
     # Chunks are dynamic slices, which would gather an array sharded over several devices, so
     # they are used only where there is one device.
-    cpu_chunk = _CPU_CHUNK if jax.device_count() == 1 else None
+    single = jax.device_count() == 1 and all(_replicated(a) is None for a in arrays)
+    cpu_chunk = _CPU_CHUNK if single else None
     return lax.platform_dependent(
         *arrays,
         cpu=lambda *a: build(cpu_chunk, *a),

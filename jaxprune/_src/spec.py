@@ -1,7 +1,7 @@
 """Which leaves of a params tree are pruned.
 
-By default a leaf is pruned when it is a floating-point array with two or more axes longer
-than 1: kernels of dense and convolution layers, and embedding tables. Biases, normalisation
+By default a leaf is pruned when it is a floating-point array of rank >= 2 that is not named
+``bias``: kernels of dense and convolution layers, and embedding tables. Biases, normalisation
 scales, scalars and integer leaves are left alone. A rule given by the user replaces the
 default:
 
@@ -48,14 +48,16 @@ def _matches(rule: Any, path: str, leaf: Any) -> bool:
     return bool(rule(path, leaf))
 
 
-def default_prunable(leaf: Any) -> bool:
-    """Float arrays with two or more axes longer than 1 (kernels and embeddings).
+def default_prunable(leaf: Any, path: str = "") -> bool:
+    """Float arrays of rank >= 2 with at least one entry, unless the leaf is named ``bias``.
 
-    Counting only axes longer than 1 leaves out biases stored with singleton axes, such as
-    Equinox's ``(out, 1, 1)`` convolution bias, while ``(1, 1, in, out)`` kernels still count.
+    The name check leaves out biases stored with singleton axes, such as Equinox's
+    ``(out, 1, 1)`` convolution bias, while a ``(64, 1)`` kernel of a one-unit head is pruned.
     """
     shape = getattr(leaf, "shape", None)
-    return shape is not None and is_float_array(leaf) and sum(d > 1 for d in shape) >= 2
+    if shape is None or not is_float_array(leaf) or len(shape) < 2 or leaf.size == 0:
+        return False
+    return path.rsplit("/", 1)[-1] != "bias"
 
 
 def flatten(tree: Any) -> tuple[list[str], list[Any], Any]:
@@ -67,7 +69,7 @@ def flatten(tree: Any) -> tuple[list[str], list[Any], Any]:
 def select(paths: list[str], leaves: list[Any], rule: Any, name: str = "prune") -> list[bool]:
     """For each leaf, whether it is pruned under ``rule`` (``None``: the default)."""
     if rule is None:
-        return [default_prunable(leaf) for leaf in leaves]
+        return [default_prunable(leaf, path) for path, leaf in zip(paths, leaves)]
     chosen = []
     any_match = False
     for path, leaf in zip(paths, leaves):

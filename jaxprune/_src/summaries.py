@@ -97,11 +97,12 @@ def get_masks(opt_state: Any) -> Masks:
 def _zeros_and_size(x: Any) -> tuple[int, int]:
     x = jnp.asarray(x)
     size = math.prod(x.shape)
-    flat = x.reshape(-1)
-    zeros = 0
-    for start in range(0, max(size, 1), _CHUNK):
-        zeros += int(jnp.sum(flat[start : start + _CHUNK] == 0))
-    return zeros, size
+    if size < _CHUNK or x.ndim < 2:
+        return int(jnp.sum(x == 0)), size
+    # Per-row counts stay far below 2**31; the total is summed in int64 on the host. No
+    # reshape, so a leaf sharded along any axis is counted where it lives.
+    rows = jnp.sum(x == 0, axis=tuple(range(1, x.ndim)), dtype=jnp.int32)
+    return int(np.asarray(rows, np.int64).sum()), size
 
 
 def _rows(params: Params, masks: Masks | None) -> list[tuple[str, tuple, int, int, bool]]:

@@ -12,7 +12,7 @@ from jax import lax
 
 from jaxprune._src import masks as masks_lib
 from jaxprune._src import spec
-from jaxprune._src.base import Array, ArrayLike, LeafRule, Masks
+from jaxprune._src.base import Array, ArrayLike, LeafRule, Masks, is_float_array
 from jaxprune._src.schedules import PruningSchedule
 
 _SCOPES = ("layer", "global")
@@ -49,7 +49,7 @@ def register_pruning_state(cls: type) -> type:
 
 def initial_thresholds(leaves: list[Any]) -> list[Array]:
     """A zero threshold per leaf, in the leaf's float dtype (float32 for other leaves)."""
-    return [jnp.zeros((), x.dtype if spec.is_float_array(x) else jnp.float32) for x in leaves]
+    return [jnp.zeros((), x.dtype if is_float_array(x) else jnp.float32) for x in leaves]
 
 
 def zero_pruned(
@@ -62,8 +62,10 @@ def zero_pruned(
     """
     out = list(u_leaves)
     for i in pruned:
-        u = u_leaves[i]
-        out[i] = jnp.where(m_leaves[i], u, -jnp.asarray(p_leaves[i]).astype(u.dtype))
+        u, p = jnp.asarray(u_leaves[i]), jnp.asarray(p_leaves[i])
+        # In the wider of the two dtypes, as apply_updates adds them: -w must stay exact.
+        dtype = jnp.result_type(u, p)
+        out[i] = jnp.where(m_leaves[i], u.astype(dtype), -p.astype(dtype))
     return out
 
 
@@ -109,6 +111,13 @@ def _leaf_schedules(schedule: Any, sparsity_map: Mapping[str, Any] | None) -> An
                 f"sparsity_map[{rx.pattern!r}] is a float, which rescales the schedule's curve to "
                 "end at that value; that needs a schedule with a final sparsity > 0 (got "
                 f"{final!r} from {schedule!r}). Give a schedule as the value instead."
+            )
+        initial = float(getattr(schedule, "initial_sparsity", 0.0))
+        if max(initial, float(final)) * float(value) / float(final) >= 1.0:
+            raise ValueError(
+                f"sparsity_map[{rx.pattern!r}] = {value!r} rescales the schedule by "
+                f"{value}/{final}, which takes its initial sparsity {initial} to 1 or more; "
+                "give a schedule as the value instead"
             )
         resolved.append((rx, _ScaledSchedule(schedule, float(value), float(final))))
 
@@ -169,8 +178,10 @@ def magnitude_pruning(
        prunes it, so after ``optax.apply_updates`` every pruned weight is exactly ``0.0``, on
        every step, not only on pruning steps.
 
-    Masks are recomputed from the current weights, which are zero where they were pruned
-    before; a pruned weight comes back only if the schedule's sparsity decreases enough.
+    With ``recompute_from="updated"`` a pruned weight is ranked as ``0 + u``, so it comes back
+    when its update alone ranks among the kept magnitudes (as in tfmot, which re-ranks weights
+    its optimizer moved); with ``"current"`` a pruned weight is ranked as ``0`` and comes back
+    only if the schedule's sparsity decreases enough.
 
     Args:
       schedule: when to prune and how much, e.g. :func:`jaxprune.polynomial_decay`; any
@@ -179,7 +190,7 @@ def magnitude_pruning(
         pruned leaves together.
       prune: which leaves are pruned: a regex searched in the ``/``-joined leaf path (e.g.
         ``"kernel"``, ``"Dense_0/kernel"``) or a predicate ``(path, leaf) -> bool``. Default:
-        float leaves with 2+ axes longer than 1 (kernels and embeddings).
+        float leaves of rank >= 2 (kernels and embeddings).
       sparsity_map: per-leaf overrides ``{regex: value}``. A float ``v`` rescales the
         schedule's curve to end at ``v`` (:math:`s_{leaf} = s \cdot v / s_{final}`, TensorFlow's
         ``weight_sparsity_map`` rule); a schedule replaces the schedule for those leaves. A
