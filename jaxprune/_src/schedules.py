@@ -143,6 +143,10 @@ class PruningSchedule(abc.ABC):
         if not 0.0 <= sparsity < 1.0:
             raise ValueError(f"{variable_name} must be in range [0,1), got {sparsity!r}")
 
+    def _window_turn(self, step: ArrayLike) -> Array:
+        # The built-in schedules keep their window as begin_step, end_step and frequency.
+        return self.should_prune_in_step(step, self.begin_step, self.end_step, self.frequency)
+
     # The names tfmot's base class uses, for subclasses ported from TensorFlow.
     _should_prune_in_step = should_prune_in_step
     _validate_step = validate_step
@@ -246,9 +250,7 @@ class PolynomialDecay(PruningSchedule):
         # Under jit XLA may fuse this multiply-add (one rounding instead of two), so a jitted
         # value can differ from the eager one, and from TensorFlow's, by an ulp or two.
         sparsity = scale * decay + jnp.float32(self.final_sparsity)
-        should_prune = self.should_prune_in_step(
-            step, self.begin_step, self.end_step, self.frequency
-        )
+        should_prune = self._window_turn(step)
         return should_prune, sparsity
 
     def get_config(self) -> dict[str, Any]:
@@ -290,9 +292,7 @@ class ConstantSparsity(PruningSchedule):
         return float(self.target_sparsity)
 
     def __call__(self, step: ArrayLike) -> tuple[Array, Array]:
-        should_prune = self.should_prune_in_step(
-            step, self.begin_step, self.end_step, self.frequency
-        )
+        should_prune = self._window_turn(step)
         return should_prune, jnp.float32(self.target_sparsity)
 
     def get_config(self) -> dict[str, Any]:
@@ -349,9 +349,7 @@ class OptaxSparsity(PruningSchedule):
         if self.end_step != -1:
             count = jnp.minimum(count, self.end_step - self.begin_step)
         sparsity = jnp.asarray(self.schedule(count), jnp.float32)
-        should_prune = self.should_prune_in_step(
-            step, self.begin_step, self.end_step, self.frequency
-        )
+        should_prune = self._window_turn(step)
         return should_prune, sparsity
 
     def get_config(self) -> dict[str, Any]:
