@@ -3,12 +3,18 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test bench lint docs clean
+# Installs are pinned by constraints.txt (the versions of the last green run), so a fresh clone
+# tests what we tested; test-latest uses the newest releases in a venv of its own, to see drift
+# early.
+CONSTRAINTS := constraints.txt
+LATEST := .venv-latest
 
-$(VENV)/.stamp-%: pyproject.toml
+.PHONY: demo test test-latest lock bench lint docs clean
+
+$(VENV)/.stamp-%: pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[$*]'
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[$*]'
 	touch $@
 
 demo: $(VENV)/.stamp-examples
@@ -16,6 +22,19 @@ demo: $(VENV)/.stamp-examples
 
 test: $(VENV)/.stamp-test
 	$(PY) -m pytest
+
+# The suite against today's newest releases of every dependency (no constraints).
+test-latest:
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
+	$(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[test,examples,docs,dev]'
+	$(LATEST)/bin/python -m pytest
+
+# Re-pin constraints.txt to the newest releases, only after the suite passes with them.
+lock: test-latest
+	{ sed -n '/^#/p' $(CONSTRAINTS); $(LATEST)/bin/python -m pip freeze --exclude-editable | grep -v '^-e'; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
 bench: $(VENV)/.stamp-examples
 	$(PY) benchmarks/step_overhead.py
@@ -28,4 +47,4 @@ lint: $(VENV)/.stamp-dev
 	$(PY) -m ruff format --check jaxprune tests examples benchmarks
 
 clean:
-	rm -rf $(VENV) out site
+	rm -rf $(VENV) $(LATEST) out site
