@@ -78,6 +78,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprune._src import flops_masks, flops_rules, flops_walk
+from jaxprune._src.accessors import flat_leaves
+from jaxprune._src.base import path_str
+from jaxprune._src.flops_walk import UnknownEquation
+from jaxprune._src.summaries import _is_variable, _unwrap
 
 _CONVENTIONS = ("xla", "seed")
 _CONV_TAPS = ("valid", "all")
@@ -94,7 +98,8 @@ class FlopsReport:
       by_module: ``{module: (flops, transcendentals)}`` from the name stack
         (``""`` for ops outside any named scope), most flops first.
       unknown_primitives: ``{primitive: number of equations}`` that have no rule
-        and were counted as 0.
+        or are opaque calls (``pure_callback``, ``io_callback``, ``ffi_call``),
+        counted as 0.
       dynamic_loops: modules holding a ``while`` whose trip count is not static;
         its body was counted once.
       convention: ``"xla"`` or ``"seed"``.
@@ -102,6 +107,10 @@ class FlopsReport:
         when no masks were given.
       pruned_by_primitive: ``{primitive: pruned flops}``, or ``None``.
       pruned_by_module: ``{module: pruned flops}``, or ``None``.
+      unknown: every equation whose cost could not be known, as
+        :class:`UnknownEquation` ``(primitive, module, reason)`` tuples: the
+        ``while`` loops of ``dynamic_loops`` and the equations of
+        ``unknown_primitives``. Empty when the count is exact.
     """
 
     flops: int
@@ -114,6 +123,12 @@ class FlopsReport:
     pruned_flops: float | None = None
     pruned_by_primitive: Mapping[str, float] | None = None
     pruned_by_module: Mapping[str, float] | None = None
+    unknown: tuple[UnknownEquation, ...] = ()
+
+    @property
+    def exact(self) -> bool:
+        """Whether every equation was counted (``unknown`` is empty)."""
+        return not self.unknown
 
     def table(self, max_rows: int | None = 30) -> str:
         """The report as a plain-text table (``max_rows`` rows per section)."""
@@ -161,7 +176,9 @@ class FlopsReport:
         return self.table()
 
 
-def _check_options(fn, convention, conv_taps):
+def _check_options(fn, convention, conv_taps, allow_unknown):
+    if not isinstance(allow_unknown, (bool, np.bool_)):
+        raise TypeError(f"allow_unknown must be True or False, got {allow_unknown!r}.")
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}.")
     if convention not in _CONVENTIONS:
@@ -213,24 +230,73 @@ def _mask_inputs(args, channel_argnums, weight_masks):
         if wm is not None:
             if k in nums:
                 raise ValueError(f"argument {k} is in channel_argnums and has weight_masks.")
-            if jax.tree.structure(wm) != jax.tree.structure(arg):
-                raise ValueError(
-                    f"weight_masks[{k}] must have the structure of argument {k} "
-                    "(a scalar True for leaves that are not pruned)."
-                )
-            for j, ((path, leaf), m) in enumerate(zip(leaves, jax.tree.leaves(wm), strict=False)):
-                name = flops_masks.path_name(f"args[{k}]", path)
-                shape = np.shape(m)
-                if shape == () and not isinstance(m, jax.core.Tracer) and bool(m):
-                    continue  # not pruned
-                if shape not in ((), np.shape(leaf)):
-                    raise ValueError(
-                        f"weight mask {name} has shape {shape}, expected {np.shape(leaf)} "
-                        "(the parameter's shape) or a scalar."
-                    )
-                densities[offset + j] = (flops_masks.weight_density(m), name)
+            densities.update(_weight_densities(k, arg, wm, offset))
         offset += len(leaves)
     return masks, densities
+
+
+def _is_param(node) -> bool:
+    # Leaves held in flax.nnx Variables other than Param (batch statistics, RNG
+    # state, ...) are never optimized, so an optimizer's masks do not cover them.
+    if not _is_variable(node):
+        return True
+    return any(
+        c.__name__ == "Param" and c.__module__.startswith("flax.nnx") for c in type(node).__mro__
+    )
+
+
+def _weight_densities(k: int, arg, wm, offset: int) -> dict[int, tuple]:
+    """Flat input position -> (density, name) for the weight masks of argument ``k``.
+
+    Masks are matched to the argument's leaves by ``/``-joined path, with flax.nnx
+    ``Variable`` wrappers read as their values on both sides, so masks from an
+    ``nnx.Optimizer`` state match ``nnx.state(model, nnx.Param)`` or the state
+    of ``nnx.split(model)``, and a plain dict of the same paths matches too.
+    """
+    where = f"weight_masks[{k}]"
+    leaves: dict[str, tuple[int, Any, bool]] = {}
+    pos = offset
+    for path, node in jax.tree_util.tree_flatten_with_path(arg, is_leaf=_is_variable)[0]:
+        n = len(jax.tree.leaves(node))
+        name = path_str(path)
+        if n == 1:
+            if name in leaves:
+                raise ValueError(
+                    f"argument {k} has two leaves named {name!r}; {where} cannot be "
+                    "matched to it by path."
+                )
+            leaves[name] = (pos, _unwrap(node), _is_param(node))
+        pos += n
+    masks = flat_leaves(wm)
+    given = {p for p, _ in masks}
+    stray = [p for p in given if p not in leaves]
+    if stray:
+        raise ValueError(
+            f"{where} has masks at paths that argument {k} does not have: "
+            f"{', '.join(map(repr, sorted(stray)))} (its leaves: "
+            f"{', '.join(map(repr, leaves))})."
+        )
+    missing = [p for p, (_, _, required) in leaves.items() if required and p not in given]
+    if missing:
+        raise ValueError(
+            f"{where} must match the structure of argument {k} leaf by leaf path: no "
+            f"mask for {', '.join(map(repr, missing))} (give a scalar True for leaves "
+            "that are not pruned)."
+        )
+    out = {}
+    for path, m in masks:
+        position, leaf, _ = leaves[path]
+        name = f"args[{k}]/{path}" if path else f"args[{k}]"
+        shape = np.shape(m)
+        if shape == () and not isinstance(m, jax.core.Tracer) and bool(m):
+            continue  # not pruned
+        if shape not in ((), np.shape(leaf)):
+            raise ValueError(
+                f"weight mask {name} has shape {shape}, expected {np.shape(leaf)} "
+                "(the parameter's shape) or a scalar."
+            )
+        out[position] = (flops_masks.weight_density(m), name)
+    return out
 
 
 def _rules(convention: str, conv_taps: str):
@@ -260,13 +326,58 @@ def _group(rows, index: int):
 
 
 def _pruned(closed, args, convention, conv_taps, channel_argnums, weight_masks):
+    """Pruned rows and the equations whose cost is unknown."""
     masks, densities = _mask_inputs(args, channel_argnums, weight_masks)
     rules = _rules(convention, conv_taps)
-    walker = flops_walk.Walker(rules, list_unknown=False)
+    walker = flops_walk.Walker(rules, list_unknown=convention == "xla")
+    unknown: list[UnknownEquation] = []
     try:
-        return flops_masks.pruned_rows(closed, rules, walker, masks, densities)
+        rows = flops_masks.pruned_rows(closed, rules, walker, masks, densities, unknown)
     except flops_masks.MaskError as e:
         raise ValueError(f"{e}; counting with masks is not supported here.") from None
+    return rows, unknown
+
+
+# Per kind of unknown equation: what it is, and how to count it exactly.
+_WHAT = {
+    flops_walk.DYNAMIC_LOOP: (
+        "a while loop whose trip count is not static",
+        "give the loop static bounds (Python ints or constants for lax.fori_loop, "
+        "or lax.scan with a length)",
+    ),
+    flops_walk.OPAQUE_CALL: (
+        "an opaque call (host callback or foreign function) whose cost is unknown",
+        "count the callback's work apart and add it",
+    ),
+    flops_walk.NO_RULE: (
+        "a primitive with no cost rule",
+        "count it apart and add it",
+    ),
+}
+
+
+def _require_known(unknown: Sequence[UnknownEquation], allow_unknown: bool, caller: str):
+    """Raises unless every equation was counted or the caller allowed unknowns."""
+    if allow_unknown or not unknown:
+        return
+    seen = {}
+    for u in unknown:
+        seen.setdefault((u.primitive, u.module, u.reason), 0)
+        seen[(u.primitive, u.module, u.reason)] += 1
+    items = [
+        f"{prim!r} in module {module!r}{f' (x{n})' if n > 1 else ''} is {_WHAT[reason][0]}"
+        for (prim, module, reason), n in seen.items()
+    ]
+    how = sorted({_WHAT[u.reason][1] for u in unknown})
+    raise ValueError(
+        f"{caller} cannot count every equation of fn exactly; "
+        + "; ".join(items)
+        + ". To count exactly, "
+        + "; or ".join(how)
+        + ". To get the count of what can be counted (loop bodies once, opaque calls "
+        "and primitives without a rule as 0), pass allow_unknown=True; "
+        "flops_report(...).unknown lists what was left out."
+    )
 
 
 def _total(rows) -> jax.Array:
@@ -290,6 +401,7 @@ def count_flops(
     conv_taps: str = "valid",
     channel_argnums: int | Sequence[int] | None = None,
     weight_masks: Sequence[Any] | None = None,
+    allow_unknown: bool = False,
     **kwargs: Any,
 ):
     """Counts the floating point operations of one call ``fn(*args, **kwargs)``.
@@ -371,11 +483,15 @@ def count_flops(
       >>> jax.grad(cost)(m.astype(jnp.float32))[0]  # one feature: 2*8*32 + 8 + 2*8*4
       Array(584., dtype=float32)
     """
-    _check_options(fn, convention, conv_taps)
+    _check_options(fn, convention, conv_taps, allow_unknown)
     closed = _trace(fn, args, kwargs)
     if channel_argnums is not None or weight_masks is not None:
-        return _total(_pruned(closed, args, convention, conv_taps, channel_argnums, weight_masks))
-    flops, _ = _dense_tally(closed, convention, conv_taps).totals()
+        rows, unknown = _pruned(closed, args, convention, conv_taps, channel_argnums, weight_masks)
+        _require_known(unknown, allow_unknown, "count_flops")
+        return _total(rows)
+    tally = _dense_tally(closed, convention, conv_taps)
+    _require_known(tally.unknown_eqns, allow_unknown, "count_flops")
+    flops, _ = tally.totals()
     return int(flops)
 
 
@@ -386,6 +502,7 @@ def flops_report(
     conv_taps: str = "valid",
     channel_argnums: int | Sequence[int] | None = None,
     weight_masks: Sequence[Any] | None = None,
+    allow_unknown: bool = True,
     **kwargs: Any,
 ) -> FlopsReport:
     """Counts the FLOPs of ``fn(*args, **kwargs)`` per primitive and per module.
@@ -411,12 +528,13 @@ def flops_report(
       >>> r.by_primitive["dot_general"]
       (256, 0)
     """
-    _check_options(fn, convention, conv_taps)
+    _check_options(fn, convention, conv_taps, allow_unknown)
     closed = _trace(fn, args, kwargs)
     tally = _dense_tally(closed, convention, conv_taps)
+    _require_known(tally.unknown_eqns, allow_unknown, "flops_report")
     pruned = None
     if channel_argnums is not None or weight_masks is not None:
-        pruned = _pruned(closed, args, convention, conv_taps, channel_argnums, weight_masks)
+        pruned, _ = _pruned(closed, args, convention, conv_taps, channel_argnums, weight_masks)
     return _make_report(tally, convention, pruned)
 
 
@@ -442,5 +560,6 @@ def _make_report(tally: flops_walk.Tally, convention: str, pruned=None) -> Flops
         unknown_primitives=dict(tally.unknown),
         dynamic_loops=tuple(tally.dynamic_loops),
         convention=convention,
+        unknown=tuple(tally.unknown_eqns),
         **kwargs,
     )

@@ -574,6 +574,7 @@ def pruned_rows(
     walker: flops_walk.Walker,
     masks: dict[int, tuple[jax.Array, str]],
     densities: dict[int, tuple[Any, str]],
+    unknown: list | None = None,
 ) -> dict[tuple[str, str], Any]:
     """Pruned cost per (module, primitive), as jnp scalars of the masks.
 
@@ -583,6 +584,9 @@ def pruned_rows(
       walker: a dense walker, for control flow the masks may not enter.
       masks: input position -> (1-D channel mask value, its name).
       densities: input position -> (weight density, its name).
+      unknown: a list that receives the :class:`flops_walk.UnknownEquation` of
+        every equation whose cost is unknown (a loop with a dynamic trip count,
+        an opaque call, a primitive without a rule).
     """
     graph = Graph(closed)
     mask_ids = {}
@@ -623,6 +627,8 @@ def pruned_rows(
             walker.eqn(node.eqn, outs, tally, 1, node.module)
             for key, (f, _) in tally.rows.items():
                 rows[key] = rows.get(key, 0) + f
+            if unknown is not None:
+                unknown.extend(tally.unknown_eqns)
             continue
         f, _ = rule(node.eqn, MaskedSizes(node.eqn, node, state, ev))
         if node.name in _CONTRACTIONS and density_of:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 from jax.extend.core import DropVar, Literal
 
 from jaxprune._src import flops_rules
@@ -55,73 +56,190 @@ def module_name(prefix: str, name_stack: Any, cache: dict[Any, str]) -> str:
     return name
 
 
-def static_trip_count(eqn) -> int | None:
-    """Trip count of a ``while`` whose counter starts, steps and stops at literals.
+def _compare(op: str, x, bound) -> bool:
+    if op == "lt":
+        return x < bound
+    if op == "le":
+        return x <= bound
+    if op == "gt":
+        return x > bound
+    if op == "ge":
+        return x >= bound
+    if op == "ne":
+        return x != bound
+    return x == bound
 
-    Recognises ``i = init; while i <op> bound: ...; i = i + step`` where
-    ``init``, ``bound`` and ``step`` are literals in the jaxpr and ``<op>`` is
-    one of ``<``, ``<=``, ``>``, ``>=``, ``!=``. Returns ``None`` otherwise.
+
+_SWAPPED = {"lt": "gt", "le": "ge", "gt": "lt", "ge": "le", "ne": "ne", "eq": "eq"}
+
+# A loop whose counter wraps around more often than this is treated as dynamic
+# (it almost certainly never ends), as is a float counter that runs longer than
+# _MAX_FLOAT_TRIPS steps (it is counted by stepping it in its own dtype).
+_MAX_SEGMENTS = 4096
+_MAX_FLOAT_TRIPS = 1 << 16
+
+
+def _first_exit(v: int, d: int, last: int, op: str, bound: int) -> int | None:
+    """Smallest ``k`` in ``[1, last]`` with ``v + k*d <op> bound`` false (``None``: none).
+
+    The counter moves monotonically (``d != 0``) and the test held at ``k = 0``.
+    """
+    if op == "le":
+        op, bound = "lt", bound + 1
+    elif op == "ge":
+        op, bound = "gt", bound - 1
+    if op == "lt":
+        k = -(-(bound - v) // d) if d > 0 else None
+    elif op == "gt":
+        k = -(-(v - bound) // -d) if d < 0 else None
+    elif op == "ne":
+        k = (bound - v) // d if (bound - v) % d == 0 else None
+    else:  # eq: the first step leaves the bound
+        k = 1
+    return k if k is not None and 1 <= k <= last else None
+
+
+def integer_trip_count(start: int, bound: int, step: int, op: str, dtype) -> int | None:
+    """Trips of ``i = start; while i <op> bound: i += step`` in integer ``dtype``.
+
+    Arithmetic wraps around modulo ``2**bits`` as it does on the device, and
+    comparisons are signed or unsigned as the dtype is. Returns ``None`` when the
+    loop never ends.
+    """
+    info = np.iinfo(dtype)
+    lo, hi = int(info.min), int(info.max)
+    size = hi - lo + 1
+    s = step % size
+    if s == 0:
+        return None if _compare(op, start, bound) else 0
+    # The step as the shorter way round: +255 on a uint8 counter counts down by one.
+    d = s if s <= size // 2 else s - size
+    v, n = start, 0
+    for _ in range(_MAX_SEGMENTS):
+        if not _compare(op, v, bound):
+            return n
+        # Steps that stay inside [lo, hi] before the counter wraps around.
+        last = (hi - v) // d if d > 0 else (v - lo) // -d
+        k = _first_exit(v, d, last, op, bound)
+        if k is not None:
+            return n + k
+        n += last + 1
+        v += (last + 1) * d - (size if d > 0 else -size)
+    return None
+
+
+def float_trip_count(start, bound, step, op: str, dtype) -> int | None:
+    """Trips of ``x = start; while x <op> bound: x += step``, rounded in ``dtype``."""
+    t = np.dtype(dtype).type
+    v, b, s = t(start), t(bound), t(step)
+    with np.errstate(all="ignore"):
+        for n in range(_MAX_FLOAT_TRIPS + 1):
+            if not _compare(op, v, b):
+                return n
+            v = t(v + s)
+    return None
+
+
+def _loop_constant(var, jaxpr, nconsts, outer, carries_in, body, bnc):
+    """The value of ``var`` (read in a loop's cond or body) if it is the same
+    constant on every trip: a literal, a loop constant bound to a literal, or a
+    carry that starts at a literal and that the body passes through unchanged."""
+    if isinstance(var, Literal):
+        return var.val
+    if var not in jaxpr.invars:
+        return None
+    i = jaxpr.invars.index(var)
+    if i < nconsts:
+        v = outer[i]
+        return v.val if isinstance(v, Literal) else None
+    j = i - nconsts
+    init = carries_in[j]
+    if isinstance(init, Literal) and body.outvars[j] is body.invars[bnc + j]:
+        return init.val
+    return None
+
+
+def static_trip_count(eqn) -> int | None:
+    """Trip count of a ``while`` whose counter starts, steps and stops at constants.
+
+    Recognises ``i = init; while i <op> bound: ...; i = i + step`` (or
+    ``i - step``), with ``<op>`` one of ``<``, ``<=``, ``>``, ``>=``, ``!=``,
+    ``==`` (the counter on either side), where ``init``, ``bound`` and ``step``
+    are literals, loop constants bound to literals, or carries that start at a
+    literal and never change (``lax.fori_loop`` with bounds known at trace time
+    lowers to this). Integer counters wrap around as on the device (unsigned
+    counters counting down, ``+255`` on a ``uint8``); float counters are
+    stepped in their dtype. Returns ``None`` when the count is not static or the
+    loop never ends.
     """
     p = eqn.params
     cond = open_jaxpr(p["cond_jaxpr"])
     body = open_jaxpr(p["body_jaxpr"])
     cnc, bnc = p["cond_nconsts"], p["body_nconsts"]
     carries_in = eqn.invars[cnc + bnc :]
-    if len(cond.eqns) != 1:
+    test = next((e for e in cond.eqns if cond.outvars[0] in e.outvars), None)
+    if test is None or test.primitive.name not in _SWAPPED or len(test.invars) != 2:
         return None
-    c = cond.eqns[0]
-    if (
-        c.primitive.name not in ("lt", "le", "gt", "ge", "ne")
-        or c.outvars[0] is not cond.outvars[0]
-    ):
-        return None
-    a, b = c.invars
-    op = c.primitive.name
-    if isinstance(a, Literal) and not isinstance(b, Literal):
-        a, b = b, a
-        op = {"lt": "gt", "le": "ge", "gt": "lt", "ge": "le", "ne": "ne"}[op]
-    if isinstance(a, Literal) or not isinstance(b, Literal):
-        return None
+    a, b = test.invars
+    op = test.primitive.name
     cond_carries = cond.invars[cnc:]
+    if a not in cond_carries:
+        a, b, op = b, a, _SWAPPED[op]
     if a not in cond_carries:
         return None
     k = cond_carries.index(a)
+
+    def const(var, jaxpr, nconsts, outer):
+        return _loop_constant(var, jaxpr, nconsts, outer, carries_in, body, bnc)
+
+    bound = const(b, cond, cnc, eqn.invars[:cnc])
     init = carries_in[k]
-    if not isinstance(init, Literal):
+    if bound is None or not isinstance(init, Literal):
         return None
-    counter_in = body.invars[bnc + k]
-    counter_out = body.outvars[k]
+    counter_in, counter_out = body.invars[bnc + k], body.outvars[k]
     step = None
     for e in body.eqns:
-        if e.outvars[0] is counter_out and e.primitive.name in ("add", "sub"):
+        if counter_out in e.outvars and e.primitive.name in ("add", "sub"):
             x, y = e.invars
-            if x is counter_in and isinstance(y, Literal):
-                step = y.val if e.primitive.name == "add" else -y.val
-            elif y is counter_in and isinstance(x, Literal) and e.primitive.name == "add":
-                step = x.val
+            if e.primitive.name == "add" and y is counter_in:
+                x, y = y, x
+            if x is counter_in and y is not counter_in:
+                step = const(y, body, bnc, eqn.invars[cnc : cnc + bnc])
+                if step is not None and e.primitive.name == "sub":
+                    step = -step
     if step is None:
         return None
+    dtype = np.dtype(counter_in.aval.dtype)
     try:
-        start, stop, step = int(init.val), int(b.val), int(step)
-    except (TypeError, ValueError):
+        if np.issubdtype(dtype, np.integer):
+            return integer_trip_count(int(init.val), int(bound), int(step), op, dtype)
+        if np.issubdtype(dtype, np.floating) or dtype.kind == "V":
+            return float_trip_count(init.val, bound, step, op, dtype)
+    except (TypeError, ValueError, OverflowError):
         return None
-    if step == 0:
-        return None
-    if op == "lt":
-        n = -(-(stop - start) // step) if step > 0 else None
-    elif op == "le":
-        n = (stop - start) // step + 1 if step > 0 else None
-    elif op == "gt":
-        n = -(-(start - stop) // -step) if step < 0 else None
-    elif op == "ge":
-        n = (start - stop) // -step + 1 if step < 0 else None
-    else:  # ne: stops only if the counter lands on the bound
-        n = (stop - start) // step if (stop - start) % step == 0 else None
-        if n is not None and n < 0:
-            n = None
-    if n is None:
-        return None
-    return max(0, n)
+    return None
+
+
+class UnknownEquation(NamedTuple):
+    """An equation whose cost the count could not know.
+
+    Attributes:
+      primitive: the primitive's name, e.g. ``"while"`` or ``"pure_callback"``.
+      module: the module (name stack) it sits in, ``"<top>"`` outside any.
+      reason: why its cost is unknown and what the count used in its place.
+    """
+
+    primitive: str
+    module: str
+    reason: str
+
+
+# Calls whose work happens outside the jaxpr: the count cannot see it.
+OPAQUE = frozenset(("pure_callback", "io_callback", "ffi_call"))
+
+DYNAMIC_LOOP = "its trip count is not static; the body and the loop test were counted once"
+OPAQUE_CALL = "an opaque call (host callback or foreign function); counted as 0"
+NO_RULE = "no cost rule for this primitive; counted as 0"
 
 
 class Tally:
@@ -131,6 +249,7 @@ class Tally:
         self.rows: dict[tuple[str, str], list[Any]] = {}
         self.unknown: dict[str, int] = {}
         self.dynamic_loops: list[str] = []
+        self.unknown_eqns: list[UnknownEquation] = []
 
     def add(self, module: str, prim: str, flops, transcendentals, mult: int):
         row = self.rows.get((module, prim))
@@ -140,12 +259,25 @@ class Tally:
             row[0] = row[0] + flops * mult
             row[1] = row[1] + transcendentals * mult
 
-    def merge(self, other: Tally, mult: int = 1):
-        for (m, p), (f, t) in other.rows.items():
-            self.add(m, p, f, t, mult)
+    def note(self, prim: str, module: str, reason: str):
+        """Records an equation whose cost is unknown."""
+        module = module or "<top>"
+        if reason == DYNAMIC_LOOP:
+            self.dynamic_loops.append(module)
+        else:
+            self.unknown[prim] = self.unknown.get(prim, 0) + 1
+        self.unknown_eqns.append(UnknownEquation(prim, module, reason))
+
+    def merge_unknown(self, other: Tally):
         for k, v in other.unknown.items():
             self.unknown[k] = self.unknown.get(k, 0) + v
         self.dynamic_loops.extend(other.dynamic_loops)
+        self.unknown_eqns.extend(other.unknown_eqns)
+
+    def merge(self, other: Tally, mult: int = 1):
+        for (m, p), (f, t) in other.rows.items():
+            self.add(m, p, f, t, mult)
+        self.merge_unknown(other)
 
     def totals(self):
         f = sum(r[0] for r in self.rows.values())
@@ -238,8 +370,10 @@ class Walker:
         if tally is not None:
             rule = self.rules.get(name)
             if rule is None:
-                if self.list_unknown and name not in flops_rules.KNOWN_ZERO:
-                    tally.unknown[name] = tally.unknown.get(name, 0) + 1
+                if name in OPAQUE:
+                    tally.note(name, module, OPAQUE_CALL)
+                elif self.list_unknown and name not in flops_rules.KNOWN_ZERO:
+                    tally.note(name, module, NO_RULE)
             else:
                 f, t = rule(eqn, self.sizes_factory(eqn))
                 if not (isinstance(f, int) and isinstance(t, int) and f == 0 and t == 0):
@@ -280,7 +414,7 @@ class Walker:
         live_carry = self._fixpoint(body, bnc, n, list(outs), [], extra=cond_used[cnc:])
         trips = static_trip_count(eqn)
         if tally is not None and trips is None:
-            tally.dynamic_loops.append(prefix or "<top>")
+            tally.note("while", prefix, DYNAMIC_LOOP)
         body_mult = mult * (1 if trips is None else trips)
         cond_mult = mult * (1 if trips is None else trips + 1)
         cond_used = self.walk(cond, [True], tally, cond_mult, prefix)
@@ -293,8 +427,10 @@ class Walker:
         used = [False] * (len(eqn.invars) - 1)
         best = None
         most_transcendentals = 0
+        subs = []
         for br in branches:
             sub = Tally() if tally is not None else None
+            subs.append(sub)
             u = self.walk(br, outs, sub, mult, prefix)
             used = [a or b for a, b in zip(used, u, strict=False)]
             if sub is not None:
@@ -306,6 +442,11 @@ class Walker:
             # XLA takes the maximum over branches of flops and of
             # transcendentals separately: file the branch with the most flops,
             # and any transcendentals another branch has beyond it under "cond".
+            # What a branch could not count is listed whichever branch wins:
+            # its true cost might have made it the most expensive.
+            for sub in subs:
+                if sub is not best[1]:
+                    tally.merge_unknown(sub)
             tally.merge(best[1])
             extra = most_transcendentals - best[0][1]
             if extra:
