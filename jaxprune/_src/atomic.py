@@ -74,7 +74,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
         removed first.
 
     Examples:
-      >>> import os, tempfile
+      >>> import os, pathlib, tempfile
       >>> folder = tempfile.mkdtemp()
       >>> target = os.path.join(folder, "data.bin")
       >>> with atomic_write(target) as f:
@@ -85,7 +85,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
       ...         raise RuntimeError("the writer failed")
       ... except RuntimeError:
       ...     pass
-      >>> open(target, "rb").read(), os.listdir(folder)
+      >>> pathlib.Path(target).read_bytes(), os.listdir(folder)
       (b'version 1', ['data.bin'])
     """
     path = os.fspath(path)
