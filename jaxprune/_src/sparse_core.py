@@ -1,0 +1,491 @@
+r"""Sparse training as a wrapper around an optimizer: ``sparse(inner_tx, algorithm)``.
+
+A sparse-training algorithm (RigL, SET, static masks, STE, saliency, movement) needs more than
+a link in an ``optax.chain`` can see: the *raw* gradients (RigL grows where the dense gradient
+is large; SR-STE adds a term to the gradient before the optimizer), the optimizer's own state
+(moments of regrown weights must be reset) and the updates it produces (pruned weights must stay
+exactly ``0.0``). :func:`sparse` therefore wraps the optimizer instead of following it::
+
+    tx = jp.sparse(optax.adam(1e-3), jp.rigl(0.9, key=key, end_step=10_000))
+
+Wrapping is safer than chaining: a pruning link placed before the optimizer in a chain would
+have its exact zeros rescaled by Adam, one placed after it never sees the raw gradients, and a
+second optimizer link after it would undo the masks. A wrapper has one place to be, and it is the
+right one by construction.
+
+At every update :func:`sparse` runs these steps, in this order (``t`` is the number of updates
+seen so far; the first update is ``t = 0``):
+
+1. ``observe``: the algorithm may update its own state from the raw gradients ``g`` and the
+   weights ``w`` (movement pruning accumulates its scores here);
+2. the gradients given to the inner optimizer are, for the *zero-weight* algorithms (pruned
+   weights are exactly ``0.0``), :math:`g \odot m` — the gradient of the masked weights, as in
+   the reference RigL implementation, so pruned weights gather no momentum; for the
+   *straight-through* algorithms (dense weights kept, the forward pass masks them), ``g``,
+   possibly adjusted by the algorithm (SR-STE adds :math:`\lambda (1 - m) \odot w`);
+3. the inner optimizer runs: ``u, inner_state = inner_tx.update(g', inner_state, w)``;
+4. on the algorithm's turns (a traced bool), the masks are recomputed inside ``lax.cond`` from
+   what the algorithm declares it reads (weights, raw gradients, the updates ``u``). An
+   algorithm may ask that the inner update be skipped on its turns (RigL does, as its reference
+   implementation): ``u`` is then zero and the inner state is left as it was;
+5. *regrowth* (algorithms that grow weights: RigL, SET): a weight is **newly grown** when its
+   mask turns from ``False`` to ``True`` at this step. Every leaf of the inner optimizer's
+   state that sits in a params-shaped subtree of that state (a subtree with the params' tree
+   structure, such as Adam's ``mu`` and ``nu`` or a momentum ``trace``) and has the shape of
+   the corresponding weight is set to ``0`` at the newly grown entries; other leaves (step
+   counts, Adafactor's factored moments) are left alone;
+6. the updates returned: for zero-weight algorithms, :math:`u_i` where the weight was kept
+   before *and* after this step, and :math:`-w_i` everywhere else, so after
+   ``optax.apply_updates`` every pruned weight is exactly ``0.0`` and every newly grown weight
+   starts at exactly ``0.0`` (a weight dropped and grown back at the same step keeps its value
+   and its optimizer state); for straight-through algorithms, ``u`` unchanged.
+
+Forward passes should use :func:`masked_params`, which applies the current masks with a
+straight-through gradient: the loss sees masked weights, while the gradient reaches every
+weight (RigL needs the dense gradient; STE trains the pruned weights).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from jaxprune._src import selection, spec
+from jaxprune._src import summaries as summaries_lib
+from jaxprune._src.base import Array, ArrayLike, LeafRule, Masks, Params, is_float_array
+from jaxprune._src.transform import register_pruning_state, zero_pruned
+
+
+class SparseState(NamedTuple):
+    """State of :func:`sparse`: the inner optimizer's state and the algorithm's state."""
+
+    inner: Any  # the inner optimizer's state, as inner_tx.init made it
+    algorithm: Any  # the algorithm's state (a NamedTuple with ``count`` and ``masks``)
+
+
+@register_pruning_state
+class SparseMaskState(NamedTuple):
+    """State of the sparse-training algorithms that keep only masks and a step count.
+
+    ``masks`` has the structure of the params: a bool array of the leaf's shape for a pruned
+    leaf (one byte per parameter), a scalar ``True`` for the others.
+    """
+
+    count: Array  # shape=(), int32: updates seen so far
+    masks: Masks  # like params: bool, leaf shape if pruned else shape=()
+
+
+@dataclasses.dataclass(frozen=True)
+class SparseAlgorithm:
+    """A sparse-training policy that :func:`sparse` runs around an inner optimizer.
+
+    The functions work on flat lists of leaves in the params' flattening order (``p``: weights,
+    ``g``: raw gradients, ``u``: the inner optimizer's updates, ``m``: masks, scalar ``True``
+    for leaves that are not pruned). The state must be a NamedTuple with ``count`` (int32) and
+    ``masks`` fields, registered with ``register_pruning_state``; :func:`sparse` increments
+    ``count`` and stores the masks.
+
+    Attributes:
+      name: the public function's name, used in error messages.
+      init: ``params -> state``; validates the params (a bad rule raises here).
+      turn: ``state -> bool scalar``, whether the masks are recomputed at this step.
+      recompute: ``(plan, state, p, g, u) -> masks``, run inside ``lax.cond`` on turns; ``g`` is
+        ``None`` unless ``"grads" in reads`` and ``u`` ``None`` unless ``"updates" in reads``.
+        ``None``: the masks never change.
+      plan: ``params -> plan``, static Python facts about the leaves (e.g. per-leaf counts)
+        computed at every update outside the traced branches and given to ``recompute``.
+      reads: what ``recompute`` reads besides the state and the weights.
+      straight_through: ``True``: dense weights are kept and the forward pass masks them;
+        ``False``: pruned weights are exactly ``0.0``.
+      skip_update_on_turn: the inner update is not applied on turns (RigL).
+      regrows: the algorithm grows weights; the inner state is reset where it does.
+      adjust_grads: ``(state, p, g) -> g`` before the inner optimizer (straight-through only).
+      observe: ``(state, p, g) -> state`` at every step, before anything else.
+    """
+
+    name: str
+    init: Callable[[Params], Any]
+    turn: Callable[[Any], Array]
+    recompute: Callable[..., list[Array]] | None
+    plan: Callable[[Params], Any] = lambda params: None
+    reads: frozenset = frozenset()
+    straight_through: bool = False
+    skip_update_on_turn: bool = False
+    regrows: bool = False
+    adjust_grads: Callable[..., list[Array]] | None = None
+    observe: Callable[..., Any] | None = None
+
+
+def _is_pruned(mask: Any) -> bool:
+    return np.ndim(mask) > 0
+
+
+def _reset_grown(inner_state: Any, treedef: Any, p_leaves: list, grown: list) -> Any:
+    """Zeroes newly grown entries in every params-shaped subtree of the inner state."""
+
+    def params_like(x: Any) -> bool:
+        try:
+            return jax.tree_util.tree_structure(x) == treedef
+        except Exception:  # noqa: BLE001 (an object jax cannot flatten is not params-like)
+            return False
+
+    def reset(x: Any) -> Any:
+        if not params_like(x):
+            return x
+        leaves = treedef.flatten_up_to(x)
+        out = []
+        for v, p, gr in zip(leaves, p_leaves, grown):
+            if gr is not None and np.shape(v) == np.shape(p):
+                v = jnp.where(gr, jnp.zeros((), jnp.asarray(v).dtype), v)
+            out.append(v)
+        return jax.tree_util.tree_unflatten(treedef, out)
+
+    return jax.tree.map(reset, inner_state, is_leaf=params_like)
+
+
+def sparse(
+    inner_tx: optax.GradientTransformation, algorithm: SparseAlgorithm
+) -> optax.GradientTransformationExtraArgs:
+    r"""Trains sparse: runs ``algorithm``'s masks around the optimizer ``inner_tx``.
+
+    At update ``t`` with raw gradients :math:`g`, weights :math:`w` and masks :math:`m`
+    (zero-weight algorithms: RigL, SET, static, saliency):
+
+    .. math::
+
+        u, s' = \mathrm{inner}(g \odot m, s, w), \qquad
+        m' = \begin{cases} \mathrm{recompute}(\dots) & \text{on a turn} \\ m & \text{else}
+        \end{cases}, \qquad
+        \Delta w = \begin{cases} u & m \wedge m' \\ -w & \text{else} \end{cases}
+
+    so pruned and newly grown weights are exactly ``0.0`` after ``optax.apply_updates``, and the
+    inner state ``s'`` is zeroed at newly grown entries (:math:`m' \wedge \neg m`). For the
+    straight-through algorithms (STE, SR-STE, movement) :math:`\Delta w = u` with
+    :math:`u, s' = \mathrm{inner}(\tilde g, s, w)`, :math:`\tilde g` being ``g`` or the
+    algorithm's adjusted gradient, and the forward pass uses :func:`masked_params`.
+
+    Use it as the whole optimizer, not inside an ``optax.chain`` after another optimizer: it
+    must see the raw gradients and own the optimizer's state, which a chain position cannot
+    guarantee. Transformations that only rescale or clip gradients can go inside ``inner_tx``.
+
+    Args:
+      inner_tx: the optimizer, e.g. ``optax.adam(1e-3)`` (any ``GradientTransformation``,
+        chains included).
+      algorithm: a sparse-training algorithm such as :func:`jaxprune.rigl`,
+        :func:`jaxprune.set_training`, :func:`jaxprune.static_sparse`,
+        :func:`jaxprune.magnitude_ste` or :func:`jaxprune.movement_pruning`.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` whose state is a :class:`SparseState`;
+      ``update`` needs ``params`` and passes extra arguments on to ``inner_tx``.
+
+    Raises:
+      TypeError: if ``inner_tx`` has no ``init``/``update`` or ``algorithm`` is not a sparse
+        training algorithm.
+      ValueError: at ``update``, when ``params`` is not given.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> import jaxprune as jp
+      >>> params = {"w": jax.random.normal(jax.random.key(0), (8, 8)), "b": jnp.zeros(8)}
+      >>> tx = jp.sparse(optax.adam(1e-2), jp.static_sparse(0.75, key=jax.random.key(1)))
+      >>> state = tx.init(params)
+      >>> params = jp.masked_params(params, state)  # start from the sparse weights
+      >>> grads = jax.tree.map(jnp.ones_like, params)
+      >>> updates, state = tx.update(grads, state, params)
+      >>> params = optax.apply_updates(params, updates)
+      >>> int(jnp.sum(params["w"] == 0)), int(jnp.sum(params["b"] == 0))
+      (48, 0)
+
+    References:
+      Evci et al., 2020, `Rigging the Lottery: Making All Tickets Winners
+      <https://arxiv.org/abs/1911.11134>`_ (the wrapper design of the reference code).
+    """
+    if not (
+        callable(getattr(inner_tx, "init", None)) and callable(getattr(inner_tx, "update", None))
+    ):
+        raise TypeError(f"inner_tx must be an optax GradientTransformation, got {inner_tx!r}")
+    if not isinstance(algorithm, SparseAlgorithm):
+        raise TypeError(
+            "algorithm must be a sparse-training algorithm such as jaxprune.rigl(...), "
+            f"jaxprune.set_training(...) or jaxprune.magnitude_ste(...), got {algorithm!r}"
+        )
+    alg = algorithm
+
+    def init_fn(params: Params) -> SparseState:
+        return SparseState(inner=inner_tx.init(params), algorithm=alg.init(params))
+
+    def update_fn(
+        updates: Any, state: SparseState, params: Params = None, **extra_args: Any
+    ) -> tuple[Any, SparseState]:
+        if params is None:
+            raise ValueError(
+                f"sparse({alg.name}) needs the current params: call tx.update(grads, state, params)"
+            )
+        _, p_leaves, treedef = spec.flatten(params)
+        g_leaves = treedef.flatten_up_to(updates)
+        astate = state.algorithm
+        if alg.observe is not None:
+            astate = alg.observe(astate, p_leaves, g_leaves)
+        m_leaves = treedef.flatten_up_to(astate.masks)
+        pruned = [i for i, m in enumerate(m_leaves) if _is_pruned(m)]
+
+        if alg.straight_through:
+            g_in = g_leaves
+            if alg.adjust_grads is not None:
+                g_in = alg.adjust_grads(astate, p_leaves, g_leaves)
+        else:
+            g_in = list(g_leaves)
+            for i in pruned:
+                g = jnp.asarray(g_leaves[i])
+                g_in[i] = jnp.where(m_leaves[i], g, jnp.zeros((), g.dtype))
+        u_tree, inner = inner_tx.update(
+            jax.tree_util.tree_unflatten(treedef, g_in), state.inner, params, **extra_args
+        )
+        u_leaves = treedef.flatten_up_to(u_tree)
+
+        if alg.recompute is None:
+            new_m = m_leaves
+        else:
+            turn = alg.turn(astate)
+            if alg.skip_update_on_turn:
+                u_leaves = [
+                    jnp.where(turn, jnp.zeros((), jnp.asarray(u).dtype), u) for u in u_leaves
+                ]
+                inner = jax.tree.map(lambda new, old: jnp.where(turn, old, new), inner, state.inner)
+
+            plan = alg.plan(params)
+
+            def recompute(ops):
+                st, p, g, u = ops
+                return list(alg.recompute(plan, st, p, g, u))
+
+            def keep(ops):
+                return list(treedef.flatten_up_to(ops[0].masks))
+
+            operands = (
+                astate,
+                p_leaves,
+                g_leaves if "grads" in alg.reads else None,
+                u_leaves if "updates" in alg.reads else None,
+            )
+            new_m = lax.cond(turn, recompute, keep, operands)
+
+        if alg.regrows:
+            grown = [None] * len(p_leaves)
+            for i in pruned:
+                grown[i] = new_m[i] & ~m_leaves[i]
+            inner = _reset_grown(inner, treedef, p_leaves, grown)
+
+        if alg.straight_through:
+            out = u_leaves
+        else:
+            both = list(new_m)
+            if alg.recompute is not None:
+                for i in pruned:
+                    both[i] = new_m[i] & m_leaves[i]
+            out = zero_pruned(u_leaves, p_leaves, both, pruned)
+
+        new_astate = astate._replace(
+            count=optax.safe_int32_increment(astate.count),
+            masks=jax.tree_util.tree_unflatten(treedef, new_m),
+        )
+        return jax.tree_util.tree_unflatten(treedef, out), SparseState(inner, new_astate)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# --------------------------------------------------------------------------- forward pass
+
+
+@jax.custom_jvp
+def _straight_through(w: Array, m: Array) -> Array:
+    return jnp.where(m, w, jnp.zeros((), w.dtype))
+
+
+@_straight_through.defjvp
+def _straight_through_jvp(primals: tuple, tangents: tuple) -> tuple[Array, Array]:
+    w, m = primals
+    # The derivative is the identity in w: the gradient reaches pruned weights too.
+    return _straight_through(w, m), tangents[0]
+
+
+def masked_params(params: Params, opt_state: Any) -> Params:
+    r"""The weights the forward pass uses: ``params`` with the current masks applied.
+
+    :math:`\tilde w = m \odot w` in the forward pass, with a straight-through gradient
+    :math:`\partial \tilde w / \partial w = 1`: the loss sees the masked weights, while
+    ``jax.grad`` with respect to ``params`` reaches every weight, pruned or not. That is what
+    each algorithm of :func:`sparse` needs: STE, SR-STE and movement pruning train the dense
+    weights; RigL grows where the dense gradient is large. For the zero-weight algorithms the
+    pruned weights are already ``0.0`` after every update, so the forward values do not change;
+    call it once after ``init`` to start from sparse weights.
+
+    Args:
+      params: the params tree given to the optimizer.
+      opt_state: an optimizer state holding exactly one pruning state (the state of
+        :func:`sparse`, of :func:`jaxprune.magnitude_pruning`, or a chain holding either).
+
+    Returns:
+      A tree like ``params``: pruned entries ``0.0``, others unchanged.
+
+    Raises:
+      ValueError: if ``opt_state`` holds no pruning state or more than one, or if the masks
+        do not have the structure of ``params``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> import jaxprune as jp
+      >>> params = {"w": jnp.array([[1.0, -2.0], [0.5, 3.0]])}
+      >>> sched = jp.constant_sparsity(0.5, begin_step=0, frequency=1)
+      >>> tx = jp.sparse(optax.sgd(0.1), jp.magnitude_ste(sched))
+      >>> state = tx.init(params)
+      >>> _, state = tx.update({"w": jnp.zeros((2, 2))}, state, params)
+      >>> jp.masked_params(params, state)["w"].tolist()
+      [[0.0, -2.0], [0.0, 3.0]]
+      >>> loss = lambda p: jnp.sum(jp.masked_params(p, state)["w"])
+      >>> jax.grad(loss)(params)["w"].tolist()  # straight through: every weight gets one
+      [[1.0, 1.0], [1.0, 1.0]]
+    """
+    masks = summaries_lib.get_pruning_state(opt_state).masks
+    try:
+        return jax.tree.map(_straight_through, params, masks)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"the masks in opt_state do not have the structure of params: {e}") from e
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def top_k_masks(keys: list[Array], k: ArrayLike) -> list[Array]:
+    """Exactly ``k`` entries kept over all ``keys`` together: the largest keys first.
+
+    Ties at the k-th largest key are broken by position: leaves in order, then lower flat
+    index first. ``1 <= k <=`` total size (may be traced); keys are unsigned integers.
+    """
+    k = jnp.asarray(k, jnp.int32)
+    kth = selection.kth_largest_key(keys, k)
+    greater = [x > kth for x in keys]
+    need = k - sum(jnp.sum(x, dtype=jnp.int32) for x in greater)
+    out = []
+    offset = jnp.zeros((), jnp.int32)
+    for x, gt in zip(keys, greater):
+        tie = x == kth
+        rank = offset + jnp.cumsum(tie.reshape(-1), dtype=jnp.int32).reshape(x.shape)
+        out.append(gt | (tie & (rank <= need)))
+        offset = offset + jnp.sum(tie, dtype=jnp.int32)
+    return out
+
+
+def lift(keys: Array, mask: Array) -> Array:
+    """Keys where ``mask`` holds, shifted up by one; ``0`` elsewhere (ranked strictly last)."""
+    return jnp.where(mask, keys + jnp.ones((), keys.dtype), jnp.zeros((), keys.dtype))
+
+
+def signed_keys(x: Array) -> Array:
+    """Unsigned keys ordered as the float32 values of ``x`` (NaN largest, ``-0.0 == +0.0``)."""
+    x = jnp.asarray(x, jnp.float32) + jnp.float32(0.0)  # -0.0 + 0.0 is +0.0
+    bits = lax.bitcast_convert_type(x, jnp.uint32)
+    sign = jnp.uint32(1 << 31)
+    keys = jnp.where(bits >= sign, ~bits, bits | sign)
+    return jnp.where(jnp.isnan(x), jnp.uint32(0xFFFFFFFF), keys)
+
+
+def kept(size: int, sparsity: float) -> int:
+    """:func:`selection.kept_count` on the host, for a concrete sparsity."""
+    k = np.round(np.float32(size) * (np.float32(1.0) - np.float32(sparsity)))
+    return int(min(max(k, 1.0), size))
+
+
+def check_key(key: Any, name: str = "key") -> Array:
+    """A typed PRNG key from ``key`` (a typed key or a legacy ``uint32[2]`` key)."""
+    if key is None:
+        raise ValueError(f"{name} is required: pass a PRNG key such as jax.random.key(0)")
+    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(f"{name} must be a single PRNG key, got shape {key.shape}")
+        return key
+    if isinstance(key, (jax.Array, np.ndarray)) and key.dtype == np.uint32 and key.shape == (2,):
+        return jax.random.wrap_key_data(jnp.asarray(key))
+    raise TypeError(f"{name} must be a PRNG key such as jax.random.key(0), got {key!r}")
+
+
+def check_sparsity_arg(sparsity: Any, prune: LeafRule | None) -> tuple[Any, Any]:
+    """Validates ``sparsity`` (a float in [0, 1) or ``{path: float}``) and ``prune``."""
+    rule = spec.compile_rule(prune, "prune")
+    if isinstance(sparsity, Mapping):
+        if prune is not None:
+            raise ValueError(
+                "prune= selects leaves for a float sparsity; a dict sparsity names its leaves "
+                "by path already: give one or the other"
+            )
+        if not sparsity:
+            raise ValueError("sparsity is an empty dict: name at least one leaf path")
+        out = {}
+        for path, value in sparsity.items():
+            if not isinstance(path, str):
+                raise TypeError(f"sparsity dict keys must be leaf paths (str), got {path!r}")
+            out[path] = _check_float_sparsity(value, f"sparsity[{path!r}]")
+        return out, rule
+    return _check_float_sparsity(sparsity, "sparsity"), rule
+
+
+def _check_float_sparsity(value: Any, name: str) -> float:
+    if isinstance(value, (bool, str)) or np.ndim(value) != 0:
+        raise TypeError(
+            f"{name} must be a float in [0, 1) or a dict {{leaf path: float}}, got {value!r}"
+        )
+    try:
+        v = float(value)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name} must be a float in [0, 1), got {value!r}") from e
+    if not 0.0 <= v < 1.0:
+        raise ValueError(f"{name} must be in range [0, 1), got {value!r}")
+    return v
+
+
+def leaf_sparsities(params: Params, sparsity: Any, rule: Any) -> list[float | None]:
+    """Per leaf (flattening order) its sparsity, or ``None`` for a leaf that is not pruned.
+
+    A float applies to the leaves ``rule`` selects (default: float leaves of rank >= 2 not
+    named ``bias``); a dict gives exact paths, and an unknown path is a ``ValueError``.
+    """
+    paths, leaves, _ = spec.flatten(params)
+    if not isinstance(sparsity, dict):
+        chosen = spec.select(paths, leaves, rule)
+        if not any(chosen):
+            raise ValueError(f"no leaf of params is pruned by default; leaf paths are {paths}")
+        return [sparsity if on else None for on in chosen]
+    unknown = sorted(set(sparsity) - set(paths))
+    if unknown:
+        raise ValueError(f"sparsity names unknown leaf paths {unknown}; leaf paths are {paths}")
+    out: list[float | None] = []
+    for path, leaf in zip(paths, leaves):
+        if path not in sparsity:
+            out.append(None)
+            continue
+        if not is_float_array(leaf):
+            raise TypeError(f"sparsity names {path!r}, which is not a floating-point array")
+        if np.ndim(leaf) == 0 or math.prod(np.shape(leaf)) == 0:
+            raise ValueError(f"sparsity names {path!r}, a scalar or empty leaf: nothing to prune")
+        out.append(sparsity[path])
+    return out
+
+
+def check_schedule(schedule: Any) -> None:
+    if not callable(schedule):
+        raise TypeError(
+            "schedule must be a PruningSchedule such as jaxprune.polynomial_decay(...) or a "
+            f"callable step -> (should_prune, sparsity), got {schedule!r}"
+        )
+
+
+__all__ = ["SparseAlgorithm", "SparseMaskState", "SparseState", "masked_params", "sparse"]

@@ -1,0 +1,355 @@
+r"""Dynamic sparse training from a random sparse start: static masks, SET and RigL.
+
+Each function returns a :class:`~jaxprune._src.sparse_core.SparseAlgorithm` for
+:func:`jaxprune.sparse`. Every pruned leaf starts from a random mask that keeps exactly
+:math:`k = \max(\mathrm{round\_half\_to\_even}(n (1 - s)), 1)` of its :math:`n` weights (the
+count rule of :func:`jaxprune.magnitude_mask`); the count of every leaf then never changes.
+
+The mask-update turns of SET and RigL are the updates :math:`t` (the first update is
+:math:`t = 0`) with :math:`t > 0`, :math:`t \bmod \Delta T = 0` and :math:`t < T_{end}`. On a
+turn, with the cosine-annealed drop fraction (computed in float32)
+
+.. math::
+
+    f_t = \frac{\alpha}{2} \left(1 + \cos\frac{\pi t}{T_{end}}\right), \qquad
+    d = \lfloor f_t \, k \rfloor,
+
+each pruned leaf drops the :math:`d` active weights of smallest magnitude and grows :math:`d`
+weights among those inactive after the drop: those of largest raw-gradient magnitude (RigL) or
+at random (SET). A weight dropped and grown back at the same turn keeps its value and its
+optimizer state; a truly new connection starts at exactly ``0.0`` with its optimizer state
+zeroed. Ties are broken by position (lower flat index ranks first), so the counts are exact.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxprune._src import selection
+from jaxprune._src.base import Array, LeafRule, Params
+from jaxprune._src.sparse_core import (
+    SparseAlgorithm,
+    SparseMaskState,
+    check_key,
+    check_sparsity_arg,
+    kept,
+    leaf_sparsities,
+    lift,
+    top_k_masks,
+)
+
+
+def _plan(params: Params, sparsity: Any, rule: Any) -> list[int | None]:
+    """Per leaf, how many weights it keeps (``None``: not pruned)."""
+    sparsities = leaf_sparsities(params, sparsity, rule)
+    leaves = jax.tree_util.tree_leaves(params)
+    return [
+        None if s is None else kept(math.prod(np.shape(x)), s) for x, s in zip(leaves, sparsities)
+    ]
+
+
+def _random_init(key: Array, params: Params, ks: list[int | None]) -> list[Array]:
+    """A random mask per pruned leaf keeping exactly ``k`` entries; scalar ``True`` elsewhere."""
+    out = []
+    for i, (x, k) in enumerate(zip(jax.tree_util.tree_leaves(params), ks)):
+        if k is None:
+            out.append(jnp.ones((), bool))
+            continue
+        bits = jax.random.bits(jax.random.fold_in(key, i), np.shape(x), jnp.uint32)
+        out.append(top_k_masks([bits], k)[0])
+    return out
+
+
+def _init_fn(key: Array, sparsity: Any, rule: Any) -> Any:
+    def init(params: Params) -> SparseMaskState:
+        ks = _plan(params, sparsity, rule)
+        masks = _random_init(key, params, ks)
+        return SparseMaskState(
+            count=jnp.zeros((), jnp.int32),
+            masks=jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), masks),
+        )
+
+    return init
+
+
+def _check_int(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def drop_fraction_at(step: Any, drop_fraction: float, end_step: int) -> Array:
+    r"""The cosine-annealed drop fraction :math:`\frac{\alpha}{2}(1 + \cos(\pi t / T_{end}))`.
+
+    In float32, for :math:`t` clipped to :math:`[0, T_{end}]`.
+    """
+    t = jnp.clip(jnp.asarray(step, jnp.float32), 0.0, float(end_step))
+    angle = jnp.float32(math.pi) * t / jnp.float32(end_step)
+    return jnp.float32(drop_fraction) * jnp.float32(0.5) * (jnp.float32(1.0) + jnp.cos(angle))
+
+
+def _dynamic(
+    name: str,
+    sparsity: Any,
+    key: Any,
+    drop_fraction: Any,
+    update_every: Any,
+    end_step: Any,
+    prune: LeafRule | None,
+    grow: str,
+) -> SparseAlgorithm:
+    sparsity, rule = check_sparsity_arg(sparsity, prune)
+    key = check_key(key)
+    if isinstance(drop_fraction, bool) or not isinstance(drop_fraction, (int, float, np.floating)):
+        raise TypeError(f"drop_fraction must be a float in (0, 1), got {drop_fraction!r}")
+    if not 0.0 < float(drop_fraction) < 1.0:
+        raise ValueError(f"drop_fraction must be in range (0, 1), got {drop_fraction!r}")
+    drop_fraction = float(drop_fraction)
+    update_every = _check_int(update_every, "update_every", 1)
+    end_step = _check_int(end_step, "end_step", 1)
+    if end_step <= update_every:
+        raise ValueError(
+            f"end_step={end_step} leaves no mask update: the first one is at step "
+            f"update_every={update_every}, and updates happen at steps < end_step"
+        )
+    grow_key = jax.random.fold_in(key, 0x5E7)  # SET's regrowth stream, apart from the init's
+
+    def turn(state: SparseMaskState) -> Array:
+        t = state.count
+        return (t > 0) & (t % update_every == 0) & (t < end_step)
+
+    def recompute(ks: list, state: SparseMaskState, p: list, g: Any, u: Any) -> list[Array]:
+        m = jax.tree_util.tree_leaves(state.masks)
+        f = drop_fraction_at(state.count, drop_fraction, end_step)
+        out = list(m)
+        for i, k in enumerate(ks):
+            if k is None:
+                continue
+            w = jnp.asarray(p[i])
+            if u is not None:  # SET ranks the weights this step produces, as its reference
+                w = jnp.asarray(w + u[i]).astype(w.dtype)
+            n_drop = jnp.floor(f * jnp.float32(k)).astype(jnp.int32)
+            # Active weights ranked by magnitude, inactive ones strictly last.
+            ktype = selection.key_dtype([w.dtype])
+            survive = top_k_masks([lift(selection.magnitude_keys(w, ktype), m[i])], k - n_drop)[0]
+            if grow == "gradient":
+                gi = jnp.asarray(g[i])
+                score = selection.magnitude_keys(gi, selection.key_dtype([gi.dtype]))
+            else:
+                bits = jax.random.bits(
+                    jax.random.fold_in(jax.random.fold_in(grow_key, state.count), i),
+                    np.shape(w),
+                    jnp.uint32,
+                )
+                score = bits >> 1
+            # Survivors rank above every candidate; the top k are the survivors and the d
+            # candidates of largest score.
+            top = jnp.asarray(np.iinfo(score.dtype).max, score.dtype)
+            out[i] = top_k_masks([jnp.where(survive, top, score)], k)[0]
+        return out
+
+    reads = frozenset({"grads"}) if grow == "gradient" else frozenset({"updates"})
+    return SparseAlgorithm(
+        name=name,
+        init=_init_fn(key, sparsity, rule),
+        plan=lambda params: _plan(params, sparsity, rule),
+        turn=turn,
+        recompute=recompute,
+        reads=reads,
+        skip_update_on_turn=grow == "gradient",
+        regrows=True,
+    )
+
+
+def static_sparse(
+    sparsity: float | dict[str, float], *, key: Any, prune: LeafRule | None = None
+) -> SparseAlgorithm:
+    r"""A fixed random sparse mask from initialisation; pruned weights stay exactly ``0.0``.
+
+    Each pruned leaf of :math:`n` weights keeps exactly
+    :math:`k = \max(\mathrm{round\_half\_to\_even}(n (1 - s)), 1)` entries, drawn uniformly at
+    random from ``key`` (leaf ``i`` of the flattened params uses ``fold_in(key, i)``). The masks
+    never change; the optimizer sees :math:`g \odot m`.
+
+    Args:
+      sparsity: a float in ``[0, 1)`` for every leaf ``prune`` selects, or a dict
+        ``{leaf path: sparsity}`` with exact ``/``-joined paths, e.g. from
+        ``jaxprune.erk_sparsities``.
+      key: a PRNG key, e.g. ``jax.random.key(0)``.
+      prune: with a float sparsity, which leaves are pruned: a regex searched in the leaf path or
+        a predicate ``(path, leaf) -> bool``. Default: float leaves of rank >= 2 not named
+        ``bias``.
+
+    Returns:
+      A sparse-training algorithm for :func:`jaxprune.sparse`; its state is a
+      ``SparseMaskState``.
+
+    Raises:
+      ValueError: for a sparsity outside ``[0, 1)``, a missing key, ``prune`` given with a dict,
+        or (at ``init``) a dict path that names no leaf.
+      TypeError: for a non-numeric sparsity or a key that is not a PRNG key.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> import jaxprune as jp
+      >>> params = {"w": jnp.ones((10, 10)), "b": jnp.ones(10)}
+      >>> tx = jp.sparse(optax.sgd(0.1), jp.static_sparse(0.9, key=jax.random.key(0)))
+      >>> masks = jp.get_masks(tx.init(params))
+      >>> int(masks["w"].sum()), masks["b"].shape
+      (10, ())
+
+    References:
+      Frankle & Carbin, 2019, `The Lottery Ticket Hypothesis
+      <https://arxiv.org/abs/1803.03635>`_ (random sparse baselines).
+    """
+    sparsity, rule = check_sparsity_arg(sparsity, prune)
+    key = check_key(key)
+    return SparseAlgorithm(
+        name="static_sparse",
+        init=_init_fn(key, sparsity, rule),
+        turn=lambda state: jnp.zeros((), bool),
+        recompute=None,
+    )
+
+
+def set_training(
+    sparsity: float | dict[str, float],
+    *,
+    key: Any,
+    drop_fraction: float = 0.3,
+    update_every: int = 100,
+    end_step: int,
+    prune: LeafRule | None = None,
+) -> SparseAlgorithm:
+    r"""Sparse Evolutionary Training: drop the smallest weights, regrow as many at random.
+
+    On each turn (see the module docs: :math:`t > 0`, :math:`t \bmod \Delta T = 0`,
+    :math:`t < T_{end}`), after the inner optimizer's update :math:`u` has been computed, each
+    pruned leaf ranks the weights this step produces, :math:`w + u`, drops the
+    :math:`d = \lfloor f_t k \rfloor` active ones of smallest magnitude, with
+    :math:`f_t = \frac{\alpha}{2}(1 + \cos(\pi t / T_{end}))`, and grows :math:`d` weights chosen
+    uniformly at random among those inactive after the drop. As in the reference
+    implementation, the optimizer's update is applied on turns too (to the weights that stay).
+    New connections start at exactly ``0.0`` and their optimizer state is zeroed.
+
+    Args:
+      sparsity: a float in ``[0, 1)`` for every leaf ``prune`` selects, or a dict
+        ``{leaf path: sparsity}`` with exact paths (e.g. ``jaxprune.erk_sparsities(...)``).
+      key: a PRNG key: the initial masks and the regrowth draws derive from it.
+      drop_fraction: :math:`\alpha`, the fraction dropped at :math:`t = 0` of the cosine, in
+        ``(0, 1)``.
+      update_every: :math:`\Delta T`, steps between mask updates, ``>= 1``.
+      end_step: :math:`T_{end}`; no mask update at or after it. Must exceed ``update_every``.
+      prune: with a float sparsity, which leaves are pruned (regex or predicate); default:
+        float leaves of rank >= 2 not named ``bias``.
+
+    Returns:
+      A sparse-training algorithm for :func:`jaxprune.sparse`.
+
+    Raises:
+      ValueError: for ``drop_fraction`` outside ``(0, 1)``, ``update_every < 1``,
+        ``end_step <= update_every``, a sparsity outside ``[0, 1)`` or a missing key.
+      TypeError: for arguments of the wrong type.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> import jaxprune as jp
+      >>> params = {"w": jax.random.normal(jax.random.key(0), (16, 16))}
+      >>> alg = jp.set_training(0.8, key=jax.random.key(1), update_every=2, end_step=10)
+      >>> tx = jp.sparse(optax.sgd(0.1), alg)
+      >>> state = tx.init(params)
+      >>> params = jp.masked_params(params, state)
+      >>> step = jax.jit(tx.update)
+      >>> for _ in range(4):
+      ...     updates, state = step(jax.tree.map(jnp.ones_like, params), state, params)
+      ...     params = optax.apply_updates(params, updates)
+      >>> int(jp.get_masks(state)["w"].sum()), int((params["w"] != 0).sum()) <= 51
+      (51, True)
+
+    References:
+      Mocanu et al., 2018, `Scalable training of artificial neural networks with adaptive
+      sparse connectivity inspired by network science
+      <https://www.nature.com/articles/s41467-018-04316-3>`_.
+    """
+    return _dynamic(
+        "set_training", sparsity, key, drop_fraction, update_every, end_step, prune, "random"
+    )
+
+
+def rigl(
+    sparsity: float | dict[str, float],
+    *,
+    key: Any,
+    drop_fraction: float = 0.3,
+    update_every: int = 100,
+    end_step: int,
+    prune: LeafRule | None = None,
+) -> SparseAlgorithm:
+    r"""RigL: drop the smallest weights, grow where the dense gradient is largest.
+
+    On each turn (:math:`t > 0`, :math:`t \bmod \Delta T = 0`, :math:`t < T_{end}`), each pruned
+    leaf with :math:`k` active weights drops the :math:`d = \lfloor f_t k \rfloor` active
+    weights of smallest magnitude,
+    :math:`f_t = \frac{\alpha}{2}(1 + \cos(\pi t / T_{end}))` (float32), then grows the
+    :math:`d` weights of largest raw-gradient magnitude :math:`|g|` among those inactive after
+    the drop (the raw gradient is the one given to ``update``; with
+    :func:`jaxprune.masked_params` in the forward pass it is the dense gradient). A weight
+    dropped and grown back keeps its value and optimizer state; a new connection starts at
+    exactly ``0.0`` with its optimizer state (e.g. Adam's moments) zeroed.
+
+    As in the reference implementation, **no optimizer update is applied on a turn**: the
+    updates only zero the dropped weights, and the inner optimizer's state (its step count
+    included) is left as it was, apart from the reset of new connections.
+
+    Args:
+      sparsity: a float in ``[0, 1)`` for every leaf ``prune`` selects, or a dict
+        ``{leaf path: sparsity}`` with exact paths (e.g. ``jaxprune.erk_sparsities(...)``).
+      key: a PRNG key for the random initial masks.
+      drop_fraction: :math:`\alpha`, in ``(0, 1)``.
+      update_every: :math:`\Delta T`, ``>= 1``.
+      end_step: :math:`T_{end}`, greater than ``update_every``.
+      prune: with a float sparsity, which leaves are pruned (regex or predicate); default:
+        float leaves of rank >= 2 not named ``bias``.
+
+    Returns:
+      A sparse-training algorithm for :func:`jaxprune.sparse`.
+
+    Raises:
+      ValueError: for ``drop_fraction`` outside ``(0, 1)``, ``update_every < 1``,
+        ``end_step <= update_every``, a sparsity outside ``[0, 1)`` or a missing key.
+      TypeError: for arguments of the wrong type.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> import jaxprune as jp
+      >>> params = {"w": jax.random.normal(jax.random.key(0), (16, 16)), "b": jnp.zeros(16)}
+      >>> alg = jp.rigl(0.9, key=jax.random.key(1), drop_fraction=0.5, update_every=1,
+      ...               end_step=100)
+      >>> tx = jp.sparse(optax.adam(1e-3), alg)
+      >>> state = tx.init(params)
+      >>> params = jp.masked_params(params, state)
+      >>> before = jp.get_masks(state)["w"]
+      >>> grads = {"w": jnp.arange(256.0).reshape(16, 16), "b": jnp.ones(16)}
+      >>> _, state = tx.update(grads, state, params)   # step 0: not a turn
+      >>> _, state = tx.update(grads, state, params)   # step 1: drop 12, grow 12
+      >>> after = jp.get_masks(state)["w"]
+      >>> int(before.sum()), int(after.sum())  # the count never changes
+      (26, 26)
+      >>> bool(jnp.all(grads["w"][after & ~before] > 200))  # grown where |g| is large
+      True
+
+    References:
+      Evci et al., 2020, `Rigging the Lottery: Making All Tickets Winners
+      <https://arxiv.org/abs/1911.11134>`_.
+    """
+    return _dynamic("rigl", sparsity, key, drop_fraction, update_every, end_step, prune, "gradient")
+
+
+__all__ = ["static_sparse", "set_training", "rigl"]
