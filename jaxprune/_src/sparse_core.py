@@ -365,6 +365,8 @@ def masked_params(params: Params, opt_state: Any) -> Params:
 # --------------------------------------------------------------------------- shared helpers
 
 
+# Jitted so that eager calls (random masks at init) run as one program; inlined inside a jit.
+@jax.jit
 def top_k_masks(keys: list[Array], k: ArrayLike) -> list[Array]:
     """Exactly ``k`` entries kept over all ``keys`` together: the largest keys first.
 

@@ -1,0 +1,260 @@
+"""Static masks, SET and RigL inside sparse(): drop and grow sets against NumPy references."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxprune._src.sparse_core import SparseState, masked_params, sparse
+from jaxprune._src.sparse_dst import drop_fraction_at, rigl, set_training, static_sparse
+from jaxprune._src.summaries import get_masks
+
+KEY = jax.random.key(0)
+
+
+def params_like(seed=0, shape=(8, 16)):
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    return {
+        "dense": {"kernel": jax.random.normal(k1, shape), "bias": jax.random.normal(k2, shape[1:])},
+    }
+
+
+def grads_like(params, seed):
+    return jax.tree.map(lambda x: jax.random.normal(jax.random.key(seed), x.shape), params)
+
+
+def ref_kept(n, s):
+    # tfmot's count, computed independently: round half to even in float32, at least 1.
+    return int(min(max(np.round(np.float32(n) * (np.float32(1) - np.float32(s))), 1), n))
+
+
+def ref_top(score, allowed, count):
+    """Flat indices of the `count` largest `score` among `allowed`, ties by lower index."""
+    idx = np.flatnonzero(allowed.reshape(-1))
+    vals = score.reshape(-1)[idx]
+    order = np.lexsort((idx, -vals))  # by score descending, then index ascending
+    out = np.zeros(score.size, bool)
+    out[idx[order[:count]]] = True
+    return out.reshape(score.shape)
+
+
+def ref_drop_fraction(t, alpha, end):
+    return alpha / 2 * (1 + math.cos(math.pi * min(t, end) / end))
+
+
+def test_drop_fraction_schedule_values():
+    ts = [0, 1, 7, 50, 99, 100, 150]
+    got = np.asarray([drop_fraction_at(t, 0.3, 100) for t in ts])
+    want = np.asarray([ref_drop_fraction(t, 0.3, 100) for t in ts])
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("make", ["static", "set", "rigl"])
+def test_initial_masks_are_random_with_exact_counts(make):
+    params = params_like(shape=(10, 13))
+    algs = {
+        "static": lambda k: static_sparse(0.7, key=k),
+        "set": lambda k: set_training(0.7, key=k, end_step=10, update_every=2),
+        "rigl": lambda k: rigl(0.7, key=k, end_step=10, update_every=2),
+    }
+    m0 = get_masks(sparse(optax.sgd(0.1), algs[make](KEY)).init(params))
+    m1 = get_masks(sparse(optax.sgd(0.1), algs[make](jax.random.key(1))).init(params))
+    assert int(m0["dense"]["kernel"].sum()) == ref_kept(130, 0.7) == 39
+    assert m0["dense"]["bias"].shape == ()  # biases are not pruned, and are no None hole
+    assert not np.array_equal(m0["dense"]["kernel"], m1["dense"]["kernel"])
+
+
+def test_static_masks_never_change_and_pruned_weights_stay_zero():
+    params = params_like()
+    tx = sparse(optax.adam(0.1), static_sparse(0.8, key=KEY))
+    state = tx.init(params)
+    params = masked_params(params, state)
+    m0 = get_masks(state)["dense"]["kernel"]
+    step = jax.jit(tx.update)
+    for i in range(3):
+        g = grads_like(params, 10 + i)
+        updates, state = step(g, state, params)
+        params = optax.apply_updates(params, updates)
+    np.testing.assert_array_equal(get_masks(state)["dense"]["kernel"], m0)
+    assert np.all(np.asarray(params["dense"]["kernel"])[~np.asarray(m0)] == 0.0)
+    assert np.all(np.asarray(params["dense"]["kernel"])[np.asarray(m0)] != 0.0)
+    assert step._cache_size() == 1
+
+
+def test_rigl_drop_and_grow_against_reference():
+    alpha, every, end = 0.4, 2, 10
+    params = params_like(seed=3)
+    tx = sparse(
+        optax.adam(0.05), rigl(0.75, key=KEY, drop_fraction=alpha, update_every=every, end_step=end)
+    )
+    state = tx.init(params)
+    params = masked_params(params, state)
+    step = jax.jit(tx.update)
+    k = ref_kept(128, 0.75)
+    for t in range(3):
+        g = grads_like(params, 100 + t)
+        before_state, before_params = state, params
+        updates, state = step(g, state, params)
+        params = optax.apply_updates(params, updates)
+        m_old = np.asarray(get_masks(before_state)["dense"]["kernel"])
+        m_new = np.asarray(get_masks(state)["dense"]["kernel"])
+        w = np.asarray(before_params["dense"]["kernel"])
+        gk = np.asarray(g["dense"]["kernel"])
+        mu_old = np.asarray(before_state.inner[0].mu["dense"]["kernel"])
+        mu_new = np.asarray(state.inner[0].mu["dense"]["kernel"])
+        nu_new = np.asarray(state.inner[0].nu["dense"]["kernel"])
+        if t < 2:  # not a turn: Adam runs on the masked gradient, masks stay
+            np.testing.assert_array_equal(m_new, m_old)
+            assert np.all(mu_new[~m_old] == 0.0)  # pruned weights gather no momentum
+            continue
+        # Turn t = 2: drop d = floor(f_t k) smallest active magnitudes, grow d largest |g|.
+        f = ref_drop_fraction(t, alpha, end)
+        assert 0.01 < (f * k) % 1 < 0.99  # far from an integer: float32 cannot flip the floor
+        d = math.floor(f * k)
+        assert d > 0
+        survive = ref_top(np.abs(w), m_old, k - d)
+        grow = ref_top(np.abs(gk), ~survive, d)
+        np.testing.assert_array_equal(m_new, survive | grow)
+        assert m_new.sum() == k
+        new = grow & ~m_old
+        assert new.any()
+        w_new = np.asarray(params["dense"]["kernel"])
+        # The reference applies no optimizer update on a turn: kept weights unchanged, bias too.
+        np.testing.assert_array_equal(w_new[survive], w[survive])
+        np.testing.assert_array_equal(
+            np.asarray(params["dense"]["bias"]), np.asarray(before_params["dense"]["bias"])
+        )
+        assert np.all(w_new[~m_new] == 0.0) and np.all(w_new[new] == 0.0)
+        # Moments: zero at new connections, untouched elsewhere; Adam's count not advanced.
+        assert np.all(mu_new[new] == 0.0) and np.all(nu_new[new] == 0.0)
+        np.testing.assert_array_equal(mu_new[~new], mu_old[~new])
+        assert int(state.inner[0].count) == int(before_state.inner[0].count)
+    assert step._cache_size() == 1
+
+
+def test_rigl_regrown_weight_keeps_value_and_moments():
+    # One 1x8 leaf; 4 active weights of magnitude .1 .5 .7 .9; the weakest has the largest
+    # gradient, so it is dropped and grown back.
+    w = jnp.array([[0.1, 0.0, 0.5, 0.0, 0.7, 0.0, 0.9, 0.0]])
+    mask = w != 0
+    params = {"w": w}
+    tx = sparse(
+        optax.adam(0.1), rigl({"w": 0.5}, key=KEY, drop_fraction=0.5, update_every=1, end_step=1000)
+    )
+    state = tx.init(params)
+    alg = state.algorithm._replace(masks={"w": mask}, count=jnp.int32(1))
+    mu = jnp.arange(1.0, 9.0)[None] * 0.01
+    inner = (state.inner[0]._replace(mu={"w": mu}, nu={"w": mu * 2}), state.inner[1])
+    state = SparseState(inner, alg)
+    g = {"w": jnp.array([[9.0, 5.0, 0.0, 4.0, 0.0, 0.0, 0.0, 0.0]])}
+    updates, state = jax.jit(tx.update)(g, state, params)
+    # f_1 = 0.25 (1 + cos(pi / 1000)) -> d = floor(0.49999 * 4) = 1: drop 0.1, then grow the
+    # largest |g| outside {0.5, 0.7, 0.9}: index 0 (the dropped weight itself).
+    np.testing.assert_array_equal(np.asarray(get_masks(state)["w"]), np.asarray(mask))
+    new = optax.apply_updates(params, updates)["w"]
+    np.testing.assert_array_equal(np.asarray(new), np.asarray(w))
+    np.testing.assert_array_equal(np.asarray(state.inner[0].mu["w"]), np.asarray(mu))
+
+
+def test_set_grows_at_random_on_the_updated_weights():
+    alpha, every, end = 0.45, 1, 100
+    params = params_like(seed=5)
+    lr = 0.05
+    tx = sparse(
+        optax.sgd(lr, momentum=0.9),
+        set_training(0.75, key=KEY, drop_fraction=alpha, update_every=every, end_step=end),
+    )
+    state = tx.init(params)
+    params = masked_params(params, state)
+    step = jax.jit(tx.update)
+    k = ref_kept(128, 0.75)
+    grown_sets = []
+    for t in range(3):
+        g = grads_like(params, 200 + t)
+        before_state, before_params = state, params
+        updates, state = step(g, state, params)
+        params = optax.apply_updates(params, updates)
+        m_old = np.asarray(get_masks(before_state)["dense"]["kernel"])
+        m_new = np.asarray(get_masks(state)["dense"]["kernel"])
+        if t == 0:
+            np.testing.assert_array_equal(m_new, m_old)
+            continue
+        # SET applies the optimizer's update (SGD with momentum on g * m), then ranks w + u.
+        trace = np.asarray(before_state.inner[0].trace["dense"]["kernel"])
+        gm = np.where(m_old, np.asarray(g["dense"]["kernel"]), 0.0).astype(np.float32)
+        u = -lr * (gm + np.float32(0.9) * trace)
+        w = np.asarray(before_params["dense"]["kernel"])
+        wu = (w + u.astype(np.float32)).astype(np.float32)
+        d = math.floor(ref_drop_fraction(t, alpha, end) * k)
+        assert 0.01 < (ref_drop_fraction(t, alpha, end) * k) % 1 < 0.99
+        survive = ref_top(np.abs(wu), m_old, k - d)
+        assert m_new.sum() == k and np.all(m_new[survive])
+        grown = m_new & ~survive
+        assert grown.sum() == d
+        grown_sets.append(grown)
+        new = m_new & ~m_old
+        w_new = np.asarray(params["dense"]["kernel"])
+        assert np.all(w_new[~m_new] == 0.0) and np.all(w_new[new] == 0.0)
+        np.testing.assert_allclose(w_new[survive], wu[survive], rtol=1e-6)
+        assert np.all(np.asarray(state.inner[0].trace["dense"]["kernel"])[new] == 0.0)
+    assert not np.array_equal(grown_sets[0], grown_sets[1])
+    assert step._cache_size() == 1
+
+
+def test_dict_sparsity_uses_exact_paths():
+    params = {"a": jnp.ones((6, 6)), "b": jnp.ones((4, 5)), "bias": jnp.ones(5)}
+    tx = sparse(optax.sgd(0.1), rigl({"a": 0.5, "b": 0.25}, key=KEY, end_step=10, update_every=2))
+    masks = get_masks(tx.init(params))
+    assert int(masks["a"].sum()) == 18 and int(masks["b"].sum()) == 15
+    with pytest.raises(ValueError, match="unknown leaf paths"):
+        sparse(optax.sgd(0.1), static_sparse({"c": 0.5}, key=KEY)).init(params)
+    with pytest.raises(ValueError, match="prune"):
+        static_sparse({"a": 0.5}, key=KEY, prune="a")
+
+
+def test_prune_rule_and_erk_distribution():
+    distributions = pytest.importorskip("jaxprune._src.distributions")
+    params = {"a": jnp.ones((32, 32)), "b": jnp.ones((32, 4))}
+    sp = distributions.erk_sparsities(params, 0.8)
+    masks = get_masks(sparse(optax.sgd(0.1), static_sparse(sp, key=KEY)).init(params))
+    for path in ("a", "b"):
+        n = params[path].size
+        assert int(masks[path].sum()) == ref_kept(n, sp[path])
+    masks = get_masks(sparse(optax.sgd(0.1), static_sparse(0.5, key=KEY, prune="^a$")).init(params))
+    assert masks["b"].shape == () and int(masks["a"].sum()) == 512
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(drop_fraction=0.0), ValueError, "drop_fraction"),
+        (dict(drop_fraction=1.0), ValueError, "drop_fraction"),
+        (dict(drop_fraction="0.3"), TypeError, "drop_fraction"),
+        (dict(update_every=0), ValueError, "update_every"),
+        (dict(update_every=2.5), TypeError, "update_every"),
+        (dict(end_step=100, update_every=100), ValueError, "end_step"),
+        (dict(key=None), ValueError, "key"),
+        (dict(key=3), TypeError, "key"),
+        (dict(sparsity=1.0), ValueError, "sparsity"),
+        (dict(sparsity=-0.1), ValueError, "sparsity"),
+        (dict(sparsity="0.5"), TypeError, "sparsity"),
+    ],
+)
+@pytest.mark.parametrize("fn", [rigl, set_training])
+def test_bad_arguments(fn, kwargs, error, match):
+    args = dict(sparsity=0.5, key=KEY, end_step=1000, update_every=10)
+    args.update(kwargs)
+    sparsity = args.pop("sparsity")
+    with pytest.raises(error, match=match):
+        fn(sparsity, **args)
+
+
+def test_legacy_uint32_key_is_accepted():
+    params = params_like()
+    a = get_masks(
+        sparse(optax.sgd(0.1), static_sparse(0.5, key=jax.random.PRNGKey(0))).init(params)
+    )
+    assert int(a["dense"]["kernel"].sum()) == 64
