@@ -4,9 +4,11 @@
   are fused into the weights and the pruning state is dropped, leaving plain params.
 * :func:`to_bcoo` turns pruned leaves into ``jax.experimental.sparse.BCOO`` matrices that hold
   only their non-zeros.
-* :func:`save_sparse` / :func:`load_sparse` write and read a compressed ``.npz`` with one bit
-  per entry saying where the non-zeros are and the non-zero values themselves, so a model at
-  90% sparsity takes a fraction of its dense size on disk. No pickle is involved.
+* :func:`save_sparse` / :func:`load_sparse` write and read a compressed ``.npz`` that says
+  where the non-zeros are (one bit per entry, or the runs of zeros between them) and holds the
+  non-zero values themselves, so a model at 90% sparsity takes a fraction of its dense size on
+  disk. Saving is atomic, loading validates the file before it allocates; no pickle is
+  involved.
 """
 
 from __future__ import annotations
@@ -396,6 +398,8 @@ def _parse_header(raw: bytes) -> tuple[int, list[tuple[str, tuple[int, ...], np.
             or not all(type(d) is int and 0 <= d < 2**63 for d in shape)
         ):
             raise _corrupt(f"leaf {path!r} has the shape {shape!r}")
+        if math.prod(d for d in shape if d) >= 2**63:  # numpy cannot even describe it
+            raise _corrupt(f"leaf {path!r} has the shape {shape!r}")
         if kind not in _KINDS[version]:
             raise _corrupt(f"leaf {path!r} has the unknown kind {kind!r}")
         out.append((path, tuple(shape), _dtype_from_name(entry.get("dtype")), kind))
@@ -550,6 +554,17 @@ def _nest(paths: list[str], arrays: list[np.ndarray]) -> Any:
 def load_sparse(file: str | os.PathLike | io.IOBase, like: Params | None = None) -> Params:
     """Loads params saved by :func:`save_sparse`, bit-exact (``-0.0`` comes back as ``+0.0``).
 
+    Files of format versions 1 and 2 load. The file is validated before it is trusted, so a
+    damaged or hostile file gives a ``ValueError``, never another exception, a crash or a huge
+    allocation: the zip and every array's checksum; arrays are uint8 ``.npy`` (nothing is
+    unpickled), stored plainly or deflated, with no missing, extra or duplicate names; the
+    JSON header (format, version, a unique string path per leaf, a shape of at most 64
+    non-negative integers, a dtype of numbers, a known kind); and every leaf's shape against
+    the sizes of its stored arrays (``size·itemsize`` bytes of values for a dense leaf,
+    ``ceil(size/8)`` bytes of bits with no bit set past the end, gaps that cover exactly the
+    leaf, one non-zero value per kept entry, bools of 0 or 1) before anything of the size the
+    header claims is allocated.
+
     Args:
       file: a file name or a readable binary file object.
       like: a pytree to restore into (e.g. freshly initialised params, or a tree of
@@ -563,8 +578,10 @@ def load_sparse(file: str | os.PathLike | io.IOBase, like: Params | None = None)
       device).
 
     Raises:
-      ValueError: if the file is not a jaxprune sparse file, or its leaves do not match
-        ``like`` (missing or extra paths, other shapes or dtypes).
+      ValueError: if the file is not a jaxprune sparse file of a version this reads, is
+        truncated or damaged, fails any check above, or its leaves do not match ``like``
+        (missing or extra paths, other shapes or dtypes).
+      OSError: if a file name cannot be opened (e.g. ``FileNotFoundError``).
 
     Examples:
       >>> import io, jax.numpy as jnp
