@@ -626,3 +626,36 @@ def test_fuzz_random_headers(version, leaves, arrays):
         load_sparse(f)
     except ValueError:
         pass
+
+
+def test_declared_sizes_are_checked_against_the_file_before_reading(tmp_path):
+    # A plainly stored member whose zip entry and .npy header both claim 64 MiB, consistent
+    # with the JSON header, in a file of a few hundred bytes: reading the claimed size from
+    # a file on disk would allocate it at once.
+    n = 2**26
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        head, {"descr": "|u1", "fortran_order": False, "shape": (n,)}
+    )
+    member = head.getvalue() + b"0123456789"
+    meta = {"format": "jaxprune.sparse", "version": 2, "leaves": [leaf("dense", [n], "uint8")]}
+    raw = bytearray(
+        zip_file(
+            [("header", u8(json.dumps(meta).encode())), ("dense_0.npy", member)],
+            compression=zipfile.ZIP_STORED,
+        ).getvalue()
+    )
+    at = raw.rfind(b"PK\x01\x02")  # the central directory entry of dense_0.npy
+    assert raw[at + 46 : at + 57] == b"dense_0.npy"
+    declared = (len(head.getvalue()) + n).to_bytes(4, "little")
+    raw[at + 20 : at + 28] = declared + declared  # compressed and uncompressed sizes
+    path = tmp_path / "hostile.npz"
+    path.write_bytes(bytes(raw))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="'dense_0' declares more bytes than the file holds"):
+            load_sparse(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20

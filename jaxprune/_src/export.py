@@ -412,11 +412,11 @@ _COMPRESSIONS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)  # what numpy and thi
 class _Members:
     """The arrays of a zip, read one at a time after checking their declared sizes."""
 
-    def __init__(self, zf: zipfile.ZipFile):
+    def __init__(self, zf: zipfile.ZipFile, length: int):
         names = zf.namelist()
         if len(set(names)) != len(names):
             raise _corrupt("the zip holds two arrays of the same name")
-        self.zf = zf
+        self.zf, self.length = zf, length
         self.infos = {info.filename: info for info in zf.infolist()}
 
     def names(self) -> set[str]:
@@ -427,11 +427,15 @@ class _Members:
         info = self.infos.get(f"{key}.npy")
         if info is None:
             raise _corrupt(f"the array {key!r} is missing")
-        if info.flag_bits & 1 or info.compress_type not in (
-            zipfile.ZIP_STORED,
-            zipfile.ZIP_DEFLATED,
-        ):
+        if info.flag_bits & 1 or info.compress_type not in _COMPRESSIONS:
             raise _corrupt(f"the array {key!r} is encrypted or compressed in an unknown way")
+        # Declared sizes are checked against the bytes the file really has before any read:
+        # deflate cannot expand more than 1032-fold, and a plain read of a declared size would
+        # allocate that size at once.
+        stored = info.compress_type == zipfile.ZIP_STORED
+        most = info.compress_size if stored else 1032 * info.compress_size + 64
+        if info.compress_size > self.length or info.file_size > most:
+            raise _corrupt(f"the array {key!r} declares more bytes than the file holds")
         with self.zf.open(info) as f:
             version = np.lib.format.read_magic(f)
             if version == (1, 0):
@@ -446,6 +450,8 @@ class _Members:
             if (size is not None and count != size) or (at_most is not None and count > at_most):
                 want = size if size is not None else f"at most {at_most}"
                 raise _corrupt(f"the array {key!r} has {count} bytes, the header implies {want}")
+            if f.tell() + count != info.file_size:
+                raise _corrupt(f"the array {key!r} declares {count} bytes in a different size")
             data = f.read(count)
             # Reading to the end of the member makes zipfile check its CRC.
             if len(data) != count or f.read(1):
@@ -527,8 +533,11 @@ def _read(file: Any) -> tuple[list[str], list[np.ndarray]]:
         if not hasattr(file, "read"):
             file = stack.enter_context(open(file, "rb"))  # a missing file stays an OSError
         try:
+            start = file.tell()
+            length = file.seek(0, os.SEEK_END)
+            file.seek(start)
             with zipfile.ZipFile(file) as zf:
-                return _decode(_Members(zf))
+                return _decode(_Members(zf, length))
         except _DAMAGE as e:
             raise ValueError(f"not a readable jaxprune sparse file: {type(e).__name__}: {e}") from e
     raise AssertionError("unreachable")  # pragma: no cover
