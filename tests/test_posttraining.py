@@ -1,0 +1,293 @@
+"""Tests for one-shot post-training pruning: Wanda, SparseGPT, OWL and the model runner."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxprune._src import posttraining as pt
+
+# ----- references, written directly from the papers' reference code (PyTorch layout) -----
+
+
+def np_sparsegpt(w_flax, h, sparsity, prunen=0, prunem=0, blocksize=128, percdamp=0.01):
+    """A NumPy (float64) port of ``SparseGPT.fasterprune``: W is (out, in) as in PyTorch.
+
+    ``prunen`` counts *pruned* entries per group, as in the reference code.
+    """
+    W = np.array(w_flax, np.float64).T.copy()
+    H = np.array(h, np.float64).copy()
+    rows, columns = W.shape
+    dead = np.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    damp = percdamp * np.mean(np.diag(H))
+    H[np.arange(columns), np.arange(columns)] += damp
+    L = np.linalg.cholesky(H)
+    Hinv = np.linalg.inv(L @ L.T)  # cholesky_inverse
+    Hinv = np.linalg.cholesky(Hinv).T  # upper factor
+    pruned_all = np.zeros_like(W, bool)
+    for i1 in range(0, columns, blocksize):
+        i2 = min(i1 + blocksize, columns)
+        count = i2 - i1
+        W1 = W[:, i1:i2].copy()
+        Q1 = np.zeros_like(W1)
+        Err1 = np.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        if prunen == 0:
+            tmp = W1**2 / np.diag(Hinv1).reshape((1, -1)) ** 2
+            thresh = np.sort(tmp.flatten())[int(tmp.size * sparsity)]
+            mask1 = tmp <= thresh
+        else:
+            mask1 = np.zeros_like(W1, bool)
+        for i in range(count):
+            w = W1[:, i]
+            d = Hinv1[i, i]
+            if prunen != 0 and i % prunem == 0:
+                tmp = (
+                    W1[:, i : i + prunem] ** 2 / np.diag(Hinv1)[i : i + prunem].reshape(1, -1) ** 2
+                )
+                idx = np.argsort(tmp, axis=1, kind="stable")[:, :prunen]
+                np.put_along_axis(mask1, i + idx, True, axis=1)
+            q = w.copy()
+            q[mask1[:, i]] = 0
+            Q1[:, i] = q
+            err1 = (w - q) / d
+            W1[:, i:] -= np.outer(err1, Hinv1[i, i:])
+            Err1[:, i] = err1
+        W[:, i1:i2] = Q1
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+        pruned_all[:, i1:i2] = mask1
+    return W.T, ~pruned_all.T
+
+
+def np_wanda(w, norms, sparsity=None, n_m=None):
+    """Direct loops: per output column, prune the lowest scores (stable: lower index first)."""
+    w = np.asarray(w, np.float32)
+    score = np.abs(w) * np.asarray(norms, np.float32)[:, None]
+    d_in, d_out = w.shape
+    keep = np.ones((d_in, d_out), bool)
+    for j in range(d_out):
+        if n_m is None:
+            k = int(d_in * sparsity)
+            order = sorted(range(d_in), key=lambda i, j=j: (score[i, j], i))
+            keep[order[:k], j] = False
+        else:
+            n, m = n_m
+            for g in range(0, d_in, m):
+                order = sorted(range(g, g + m), key=lambda i, j=j: (score[i, j], i))
+                keep[order[: m - n], j] = False
+    return keep
+
+
+def np_owl(scores, sparsity, threshold, lam):
+    ratios, sizes = [], []
+    for s in scores:
+        s = np.asarray(s, np.float64)
+        ratios.append(np.mean(s > threshold * np.mean(s)) * 100)  # percent, as the reference
+        sizes.append(s.size)
+    r = np.array(ratios)
+    a = (r - r.min()) * (1 / (r.max() - r.min()) * lam * 2)
+    density = a - np.average(a, weights=sizes) + (1 - sparsity)
+    return 1 - density
+
+
+def correlated_inputs(key, n, d_in):
+    """Inputs with correlated features of very different scales."""
+    k1, k2, k3 = jax.random.split(key, 3)
+    z = jax.random.normal(k1, (n, d_in))
+    mix = jnp.eye(d_in) + 0.5 * jax.random.normal(k2, (d_in, d_in)) / np.sqrt(d_in)
+    scales = jnp.exp(jax.random.normal(k3, (d_in,)))  # log-normal feature scales
+    return (z @ mix) * scales[None, :]
+
+
+# ----- Wanda -----
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.9])
+def test_wanda_matches_numpy(sparsity):
+    w = jax.random.normal(jax.random.key(0), (24, 7))
+    norms = jax.random.uniform(jax.random.key(1), (24,))
+    mask = pt.wanda_mask(w, norms, sparsity)
+    np.testing.assert_array_equal(np.asarray(mask), np_wanda(w, norms, sparsity))
+    assert np.all(np.sum(~np.asarray(mask), axis=0) == int(24 * sparsity))
+
+
+@pytest.mark.parametrize("n_m", [(2, 4), (1, 4), (3, 8)])
+def test_wanda_nm_matches_numpy(n_m):
+    w = jax.random.normal(jax.random.key(2), (32, 5))
+    norms = jax.random.uniform(jax.random.key(3), (32,))
+    mask = jax.jit(lambda w, n: pt.wanda_mask(w, n, n_m=n_m))(w, norms)
+    np.testing.assert_array_equal(np.asarray(mask), np_wanda(w, norms, n_m=n_m))
+
+
+def test_wanda_ties_lower_index_pruned_first():
+    w = jnp.ones((6, 2))
+    mask = pt.wanda_mask(w, jnp.ones(6), 0.5)
+    assert mask[:, 0].tolist() == [False, False, False, True, True, True]
+    mask = pt.wanda_mask(w, jnp.ones(6), n_m=(1, 3))
+    assert mask[:, 1].tolist() == [False, False, True, False, False, True]
+
+
+def test_wanda_bf16():
+    w = jax.random.normal(jax.random.key(4), (16, 3)).astype(jnp.bfloat16)
+    norms = jax.random.uniform(jax.random.key(5), (16,))
+    mask = pt.wanda_mask(w, norms, 0.5)
+    np.testing.assert_array_equal(np.asarray(mask), np_wanda(w.astype(jnp.float32), norms, 0.5))
+
+
+# ----- SparseGPT -----
+
+
+def _layer(seed, d_in, d_out, n=256):
+    x = correlated_inputs(jax.random.key(seed), n, d_in)
+    w = jax.random.normal(jax.random.key(seed + 1), (d_in, d_out))
+    return x, w
+
+
+@pytest.mark.parametrize(
+    "d_in, block_size, sparsity",
+    [(32, 8, 0.5), (40, 16, 0.6), (24, 128, 0.3), (30, 7, 0.5), (16, 4, 0.0)],
+)
+def test_sparsegpt_matches_reference(d_in, block_size, sparsity):
+    x, w = _layer(10, d_in, 12)
+    h = pt.hessian_from_inputs(x)
+    new_w, mask = jax.jit(lambda w, h: pt.sparsegpt_prune(w, h, sparsity, block_size=block_size))(
+        w, h
+    )
+    if sparsity == 0:  # documented: sparsity 0 prunes nothing (no update either)
+        assert bool(jnp.all(mask))
+        np.testing.assert_allclose(np.asarray(new_w), np.asarray(w), rtol=1e-4, atol=1e-4)
+        return
+    ref_w, ref_mask = np_sparsegpt(w, h, sparsity, blocksize=block_size)
+    np.testing.assert_array_equal(np.asarray(mask), ref_mask)
+    np.testing.assert_allclose(np.asarray(new_w), ref_w, rtol=1e-4, atol=1e-4)
+    assert np.all(np.asarray(new_w)[~ref_mask] == 0)
+
+
+@pytest.mark.parametrize("n_m, block_size", [((2, 4), 8), ((1, 4), 12), ((3, 8), 16)])
+def test_sparsegpt_nm_matches_reference(n_m, block_size):
+    x, w = _layer(20, 48, 10)
+    h = pt.hessian_from_inputs(x)
+    new_w, mask = pt.sparsegpt_prune(w, h, n_m=n_m, block_size=block_size)
+    n, m = n_m
+    ref_w, ref_mask = np_sparsegpt(w, h, 0.0, prunen=m - n, prunem=m, blocksize=block_size)
+    np.testing.assert_array_equal(np.asarray(mask), ref_mask)
+    np.testing.assert_allclose(np.asarray(new_w), ref_w, rtol=1e-4, atol=1e-4)
+    assert np.all(np.asarray(mask).reshape(48 // m, m, 10).sum(axis=1) == n)
+
+
+def test_sparsegpt_dead_inputs():
+    x, w = _layer(30, 20, 6)
+    x = x.at[:, jnp.array([3, 11])].set(0.0)  # two inputs that never fire
+    h = pt.hessian_from_inputs(x)
+    new_w, mask = pt.sparsegpt_prune(w, h, 0.5, block_size=8)
+    ref_w, ref_mask = np_sparsegpt(w, h, 0.5, blocksize=8)
+    np.testing.assert_array_equal(np.asarray(mask), ref_mask)
+    np.testing.assert_allclose(np.asarray(new_w), ref_w, rtol=1e-4, atol=1e-4)
+    assert np.all(np.asarray(new_w)[[3, 11]] == 0)
+
+
+def test_sparsegpt_bf16_in_bf16_out():
+    x, w = _layer(40, 16, 8)
+    h = pt.hessian_from_inputs(x.astype(jnp.bfloat16))
+    wb = w.astype(jnp.bfloat16)
+    new_w, mask = pt.sparsegpt_prune(wb, h, 0.5, block_size=8)
+    assert new_w.dtype == jnp.bfloat16 and h.dtype == jnp.float32
+    ref_w, ref_mask = np_sparsegpt(wb.astype(jnp.float32), h, 0.5, blocksize=8)
+    np.testing.assert_array_equal(np.asarray(mask), ref_mask)
+    np.testing.assert_allclose(np.asarray(new_w, np.float32), ref_w, rtol=1e-2, atol=1e-2)
+
+
+def test_reconstruction_error_sparsegpt_below_wanda_below_magnitude():
+    from jaxprune._src.masks import magnitude_mask
+
+    d_in, d_out = 64, 32
+    x, w = _layer(50, d_in, d_out, n=512)
+    s = 0.5
+    sg_w, _ = pt.sparsegpt_prune(w, pt.hessian_from_inputs(x), s, block_size=32)
+    wanda_w = jnp.where(pt.wanda_mask(w, jnp.linalg.norm(x, axis=0), s), w, 0.0)
+    mag_w = jnp.where(magnitude_mask(w, s), w, 0.0)
+
+    def err(v):
+        return float(jnp.linalg.norm(x @ w - x @ v))
+
+    assert err(sg_w) < err(wanda_w) < err(mag_w)
+
+
+def test_hessian_from_inputs():
+    x = jax.random.normal(jax.random.key(0), (3, 5, 4)).astype(jnp.bfloat16)
+    x32 = np.asarray(x, np.float64).reshape(15, 4)
+    np.testing.assert_allclose(np.asarray(pt.hessian_from_inputs(x)), 2 / 15 * x32.T @ x32, 1e-5)
+
+
+# ----- OWL -----
+
+
+def test_owl_matches_numpy_equal_sizes():
+    keys = jax.random.split(jax.random.key(0), 4)
+    # Heavier tails in later layers: more outliers.
+    scores = [jnp.abs(jax.random.t(k, 1.0 + i, (40, 30))) for i, k in enumerate(keys)]
+    got = pt.owl_sparsities(scores, 0.7, threshold=3.0, lam=0.08)
+    np.testing.assert_allclose(got, np_owl(scores, 0.7, 3.0, 0.08), rtol=1e-12)
+    np.testing.assert_allclose(np.mean(got), 0.7, rtol=1e-12)
+    assert np.ptp(got) == pytest.approx(0.16)
+
+
+def test_owl_unequal_sizes_total_sparsity_is_target():
+    keys = jax.random.split(jax.random.key(1), 3)
+    shapes = [(10, 10), (50, 40), (20, 7)]
+    scores = [jnp.abs(jax.random.t(k, 1.0 + i, sh)) for i, (k, sh) in enumerate(zip(keys, shapes))]
+    got = pt.owl_sparsities(scores, 0.5, threshold=2.0, lam=0.1)
+    np.testing.assert_allclose(got, np_owl(scores, 0.5, 2.0, 0.1), rtol=1e-12)
+    sizes = np.array([np.prod(s) for s in shapes])
+    assert np.sum(got * sizes) / np.sum(sizes) == pytest.approx(0.5, abs=1e-12)
+
+
+def test_owl_equal_ratios_uniform():
+    assert pt.owl_sparsities([jnp.ones(5), jnp.ones((3, 3))], 0.6).tolist() == [0.6, 0.6]
+
+
+# ----- bad input -----
+
+
+def test_bad_inputs():
+    w = jnp.ones((8, 3))
+    h = jnp.eye(8)
+    norms = jnp.ones(8)
+    with pytest.raises(ValueError, match=r"sparsity must be in range \[0, 1\)"):
+        pt.wanda_mask(w, norms, 1.0)
+    with pytest.raises(ValueError, match="sparsity must be in range"):
+        pt.sparsegpt_prune(w, h, -0.1)
+    with pytest.raises(ValueError, match="1 <= n < m"):
+        pt.wanda_mask(w, norms, n_m=(4, 4))
+    with pytest.raises(ValueError, match="m=3 must divide"):
+        pt.sparsegpt_prune(w, h, n_m=(1, 3), block_size=3)
+    with pytest.raises(ValueError, match="exactly one of sparsity"):
+        pt.wanda_mask(w, norms, 0.5, n_m=(2, 4))
+    with pytest.raises(ValueError, match="exactly one of sparsity"):
+        pt.sparsegpt_prune(w, h)
+    with pytest.raises(ValueError, match=r"hessian must have shape \(in, in\) = \(8, 8\)"):
+        pt.sparsegpt_prune(w, jnp.eye(3), 0.5)
+    with pytest.raises(ValueError, match="input_norms must have shape"):
+        pt.wanda_mask(w, jnp.ones(3), 0.5)
+    with pytest.raises(ValueError, match="input_norms must be finite"):
+        pt.wanda_mask(w, norms.at[2].set(jnp.nan), 0.5)
+    with pytest.raises(ValueError, match="hessian contains NaN or inf"):
+        pt.sparsegpt_prune(w, h.at[0, 1].set(jnp.inf), 0.5)
+    with pytest.raises(ValueError, match="x contains NaN or inf"):
+        pt.hessian_from_inputs(jnp.ones((4, 8)).at[1, 1].set(jnp.nan))
+    with pytest.raises(ValueError, match="block_size=6 must be a multiple of m=4"):
+        pt.sparsegpt_prune(w, h, n_m=(2, 4), block_size=6)
+    with pytest.raises(ValueError, match="damping must be"):
+        pt.sparsegpt_prune(w, h, 0.5, damping=0.0)
+    with pytest.raises(ValueError, match="not positive definite"):
+        pt.sparsegpt_prune(w, -jnp.eye(8) - 1.0, 0.5)
+    with pytest.raises(ValueError, match="2-D"):
+        pt.wanda_mask(jnp.ones(8), norms, 0.5)
+    with pytest.raises(TypeError, match="traced"):
+        jax.jit(lambda s: pt.wanda_mask(w, norms, s))(0.5)
+    with pytest.raises(ValueError, match="lower lam"):
+        pt.owl_sparsities([jnp.ones(10), jnp.r_[jnp.ones(9), 100.0]], 0.05, lam=0.1)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        pt.owl_sparsities([jnp.array([1.0, jnp.nan])], 0.5)
