@@ -659,3 +659,42 @@ def test_declared_sizes_are_checked_against_the_file_before_reading(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < 2**20
+
+
+@settings(max_examples=200, deadline=None)
+@given(version=st.sampled_from([1, 2]), data=st.data())
+def test_fuzz_valid_headers_with_random_arrays(version, data):
+    # Headers that pass every check, arrays of random bytes, mostly of the right sizes: the
+    # decoding itself (bits, gaps, values, bools) must raise ValueError or give the header's
+    # shapes and dtypes.
+    kinds = {1: ["dense", "sparse"], 2: ["dense", "bitmap", "gaps"]}[version]
+    dtypes = ["float32", "bfloat16", "bool", "int8", "float8_e4m3fn", "complex64"]
+    leaves, arrays = [], {}
+    for i in range(data.draw(st.integers(1, 2))):
+        shape = data.draw(st.lists(st.integers(0, 6), max_size=2))
+        dtype = data.draw(st.sampled_from(dtypes))
+        kind = data.draw(st.sampled_from(kinds))
+        leaves.append({"path": f"p{i}", "shape": shape, "dtype": dtype, "kind": kind})
+        size, itemsize = int(np.prod(shape)), np.dtype(jnp.dtype(dtype)).itemsize
+
+        def draw_bytes(n):
+            n = max(n + data.draw(st.sampled_from([0, 0, 0, -1, 1])), 0)
+            return u8(data.draw(st.binary(min_size=n, max_size=n)))
+
+        if kind == "dense":
+            arrays[f"dense_{i}"] = draw_bytes(size * itemsize)
+            continue
+        if kind == "gaps":
+            arrays[f"gaps_{i}"] = positions = draw_bytes(data.draw(st.integers(0, size)))
+            kept = int(np.count_nonzero(positions != 255))
+        else:
+            arrays[f"bits_{i}"] = positions = draw_bytes(-(-size // 8))
+            kept = int(np.count_nonzero(np.unpackbits(positions)[:size]))
+        arrays[f"values_{i}"] = draw_bytes(kept * itemsize)
+    try:
+        loaded = load_sparse(sparse_file(leaves, arrays, version=version))
+    except ValueError:
+        return
+    for entry in leaves:
+        x = loaded[entry["path"]]
+        assert x.shape == tuple(entry["shape"]) and x.dtype == jnp.dtype(entry["dtype"])
