@@ -25,12 +25,13 @@ import dataclasses
 import math
 import re
 import types
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
-__all__ = ["PruningConfig"]
+__all__ = ["PruningConfig", "PruningConfigWarning"]
 
 THRESHOLDS = ("histogram", "topk")
 POOLINGS = ("AVG", "MAX")
@@ -44,13 +45,28 @@ WeightSparsityMap = tuple[tuple[str, float], ...]
 BlockDimsMap = tuple[tuple[str, tuple[int, int]], ...]
 
 
-def _check_int(value: Any, name: str) -> int:
+# The values each int field allows, for the message of an out-of-range value.
+_INT_RANGES = {
+    "begin_pruning_step": f"[0, {_INT32_MAX}]",
+    "end_pruning_step": f"-1 or [1, {_INT32_MAX}]",
+    "pruning_frequency": f"[1, {_INT32_MAX}]",
+    "nbins": f"[1, {_INT32_MAX}]",
+    "block_height": f"-1 or [1, {_INT32_MAX}]",
+    "block_width": f"-1 or [1, {_INT32_MAX}]",
+    "sparsity_function_begin_step": f"[0, {_INT32_MAX - 1}]",
+    "sparsity_function_end_step": f"[1, {_INT32_MAX}]",
+}
+
+
+def _check_int(value: Any, name: str, allowed: str | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {value!r}")
     value = int(value)
-    # TensorFlow casts the global step to int32; a larger step could never be reached.
+    # TensorFlow casts the global step to int32, and so does jaxprune's update count: a larger
+    # step could never be reached, and JAX would only fail on it at the first update.
     if abs(value) > _INT32_MAX:
-        raise ValueError(f"{name} must fit in an int32, got {value}")
+        allowed = allowed or _INT_RANGES.get(name, f"[-{_INT32_MAX}, {_INT32_MAX}]")
+        raise ValueError(f"{name} must fit in an int32: it must be in {allowed}, got {value}")
     return value
 
 
@@ -77,8 +93,11 @@ def _check_regex(pattern: Any, name: str) -> str:
         )
     try:
         re.compile(pattern)
-    except re.error as e:
-        raise ValueError(f"{name} regex {pattern!r} is not a valid regular expression: {e}") from e
+    # Deep nesting and huge repeat counts fail with RecursionError and OverflowError, not re.error.
+    except (re.error, RecursionError, OverflowError) as e:
+        raise ValueError(
+            f"{name} regex {pattern!r} is not a valid regular expression: {e}"
+        ) from None
     return pattern
 
 
@@ -126,13 +145,19 @@ def _parse_float(text: str, name: str) -> float:
 
 
 def _parse_int(text: str, name: str) -> int:
-    if not _INT.match(text.strip()):
-        raise ValueError(f"could not parse {name}: expected an int, got {text!r}")
+    text = text.strip()
+    # More than 11 digits cannot be an int32 (and Python refuses to convert very long ones).
+    if not _INT.match(text) or len(text.lstrip("+-").lstrip("0")) > 11:
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise ValueError(
+            f"could not parse {name}: expected an int32 (at most {_INT32_MAX} in absolute "
+            f"value), got {shown!r}"
+        )
     return int(text)
 
 
 def _block_dim(value: Any, name: str) -> int:
-    value = _check_int(value, name)
+    value = _check_int(value, name, f"-1 or [1, {_INT32_MAX}]")
     if value < 1 and value != -1:
         raise ValueError(f"{name} must be >= 1, or -1 for the whole axis, got {value}")
     return value
@@ -404,6 +429,93 @@ class PruningConfig:
 
     def __str__(self) -> str:
         return self.format()
+
+
+class PruningConfigWarning(UserWarning):
+    """A :class:`PruningConfig` whose windows do not fit together (it runs, as TensorFlow's).
+
+    Emitted by :func:`jaxprune.pruning_from_config` when no mask update can happen, when the
+    sparsity curve is over before the first mask update (the whole target is then applied at
+    once), or when it begins after the last one (only ``initial_sparsity`` is ever applied).
+    Silence it with ``warnings.filterwarnings("ignore", category=PruningConfigWarning)`` when
+    that is what you mean.
+    """
+
+
+def first_update_step(config: PruningConfig) -> int | None:
+    """The step of the first mask update under the legacy rule, or ``None`` if there is none.
+
+    The rule ``last_update + pruning_frequency <= step`` with ``last_update = 0`` first holds at
+    ``pruning_frequency``, so the first update is at ``max(begin_pruning_step,
+    pruning_frequency)``, if that is not after ``end_pruning_step``.
+
+    Examples:
+      >>> first_update_step(PruningConfig(begin_pruning_step=0, pruning_frequency=10))
+      10
+      >>> print(first_update_step(PruningConfig(end_pruning_step=5, pruning_frequency=10)))
+      None
+    """
+    first = max(config.begin_pruning_step, config.pruning_frequency)
+    if config.end_pruning_step != -1 and first > config.end_pruning_step:
+        return None
+    return first
+
+
+def timeline_problems(config: PruningConfig) -> list[str]:
+    """What is wrong with how ``config``'s pruning and sparsity windows fit together.
+
+    Three cases, each allowed by TensorFlow and almost always a mistake:
+
+    * no step satisfies the update rule inside ``[begin_pruning_step, end_pruning_step]``: the
+      masks are never updated;
+    * ``sparsity_function_end_step`` is before the first mask update: that update applies
+      ``target_sparsity`` at once, with no gradual ramp;
+    * ``sparsity_function_begin_step`` is at or after ``end_pruning_step``: every update applies
+      ``initial_sparsity``, never ``target_sparsity``.
+
+    Returns:
+      One sentence per problem (an empty list when the windows fit).
+
+    Examples:
+      >>> problems = timeline_problems(PruningConfig(
+      ...     begin_pruning_step=1000, sparsity_function_end_step=100))
+      >>> len(problems), problems[0][:60]
+      (1, 'the sparsity function ends at sparsity_function_end_step=100')
+    """
+    first = first_update_step(config)
+    if first is None:
+        return [
+            f"no mask update can happen: the legacy rule last_update + pruning_frequency <= "
+            f"step (last_update starts at 0) first holds at step "
+            f"{max(config.begin_pruning_step, config.pruning_frequency)}, after "
+            f"end_pruning_step={config.end_pruning_step}; lower pruning_frequency or raise "
+            "end_pruning_step"
+        ]
+    problems = []
+    sf_begin, sf_end = config.sparsity_function_begin_step, config.sparsity_function_end_step
+    ramps = config.initial_sparsity != config.target_sparsity
+    if sf_end < first and ramps:
+        problems.append(
+            f"the sparsity function ends at sparsity_function_end_step={sf_end}, before the "
+            f"first mask update at step {first} (begin_pruning_step="
+            f"{config.begin_pruning_step}, pruning_frequency={config.pruning_frequency}): "
+            f"target_sparsity={config.target_sparsity} is applied all at once at that update; "
+            "for a gradual ramp, put the sparsity function's window inside the pruning window"
+        )
+    end = config.end_pruning_step
+    if end != -1 and sf_begin >= end and ramps:
+        problems.append(
+            f"the sparsity function begins at sparsity_function_begin_step={sf_begin}, at or "
+            f"after end_pruning_step={end}: every mask update applies initial_sparsity="
+            f"{config.initial_sparsity}, never target_sparsity={config.target_sparsity}"
+        )
+    return problems
+
+
+def warn_timeline(config: PruningConfig, stacklevel: int = 2) -> None:
+    """Emits a :class:`PruningConfigWarning` for each of :func:`timeline_problems`."""
+    for problem in timeline_problems(config):
+        warnings.warn(f"PruningConfig: {problem}", PruningConfigWarning, stacklevel=stacklevel + 1)
 
 
 _INT_FIELDS = (

@@ -1,20 +1,20 @@
 r"""TensorFlow's legacy pruning (``tf.contrib.model_pruning``, lingvo) as an optax transformation.
 
 :func:`pruning_from_config` reproduces the algorithm that ``Pruning(hparams,
-global_step).conditional_mask_update_op()`` runs (SEMANTICS.md §7–§8), from a
+global_step).conditional_mask_update_op()`` runs, from a
 :class:`~jaxprune._src.config.PruningConfig`:
 
-* **when** (§8.2): at step ``t`` the masks are updated when
+* **when**: at step ``t`` the masks are updated when
   ``begin_pruning_step <= t`` (and ``t <= end_pruning_step`` unless it is ``-1``) and at least
   ``pruning_frequency`` steps have passed since the last update, ``last_update + frequency <= t``,
   where ``last_update`` starts at 0. So nothing happens before ``t = pruning_frequency`` even
   with ``begin_pruning_step = 0``, and skipped steps never shift the later updates;
-* **how much** (§8.1): the sparsity follows its own window, ``sparsity_function_begin_step`` to
+* **how much**: the sparsity follows its own window, ``sparsity_function_begin_step`` to
   ``sparsity_function_end_step``, with tfmot's polynomial formula;
-* **which** (§7.2, §7.3): the threshold is found by a histogram of ``|w|`` (``nbins`` bins,
+* **which**: the threshold is found by a histogram of ``|w|`` (``nbins`` bins,
   strict ``>``) or by the exact k-th largest ``|w|`` (``>=``), and smoothed by
   ``threshold_decay`` across updates;
-* **where** (§7.5, §7.6): ``weight_sparsity_map`` rescales the sparsity of some weights,
+* **where**: ``weight_sparsity_map`` rescales the sparsity of some weights,
   ``block_dims_map`` / ``block_height × block_width`` prune rank-2 weights in blocks.
 
 The step ``t`` is optax's update count: the update that receives the weights after ``t``
@@ -29,6 +29,7 @@ applied to the weights update ``t`` produces. The two timelines have the same st
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any, NamedTuple
 
 import jax
@@ -40,7 +41,7 @@ from jax import lax
 from jaxprune._src import masks as masks_lib
 from jaxprune._src import selection, spec, structured
 from jaxprune._src.base import Array, ArrayLike, LeafRule, Masks
-from jaxprune._src.config import THRESHOLDS, PruningConfig
+from jaxprune._src.config import THRESHOLDS, PruningConfig, warn_timeline
 from jaxprune._src.schedules import PolynomialDecay
 from jaxprune._src.transform import initial_thresholds, register_pruning_state, zero_pruned
 
@@ -251,7 +252,7 @@ def _legacy_mask(
 
 
 def sparsity_function(config: PruningConfig) -> PolynomialDecay:
-    """The legacy sparsity curve of ``config`` (§8.1) as a schedule: ``step -> (_, s)``.
+    """The legacy sparsity curve of ``config`` as a schedule: ``step -> (_, s)``.
 
     tfmot's polynomial formula over ``sparsity_function_begin_step`` to
     ``sparsity_function_end_step`` (the hparams docstring's frequency-quantised formula was
@@ -269,10 +270,10 @@ def sparsity_function(config: PruningConfig) -> PolynomialDecay:
 
 
 def should_update(config: PruningConfig, step: ArrayLike, last_update_step: ArrayLike) -> Array:
-    """The legacy update rule (§8.2): in the window, and ``frequency`` steps since the last one.
+    """The legacy update rule: in the window, and ``frequency`` steps since the last one.
 
     Examples:
-      >>> from jaxprune._src.config import THRESHOLDS, PruningConfig
+      >>> from jaxprune._src.config import THRESHOLDS, PruningConfig, warn_timeline
       >>> config = PruningConfig(begin_pruning_step=5, end_pruning_step=40)
       >>> [t for t in range(50) if should_update(config, t, 0)][:3]
       [10, 11, 12]
@@ -286,6 +287,94 @@ def should_update(config: PruningConfig, step: ArrayLike, last_update_step: Arra
     # step - last >= f is TensorFlow's last + f <= step without an int32 overflow.
     due = step - jnp.asarray(last_update_step, jnp.int32) >= config.pruning_frequency
     return jnp.logical_and(in_range, due)
+
+
+def _check_rescaled_sparsities(config: PruningConfig) -> None:
+    r"""Rejects a ``weight_sparsity_map`` value that takes the curve to a sparsity >= 1.
+
+    A mapped weight follows :math:`s(t) \cdot v / s_f`; the curve runs between
+    ``initial_sparsity`` and ``target_sparsity`` (and holds them outside its window), so its
+    largest rescaled value is :math:`\max(s_i, s_f) \cdot v / s_f`, computed here in float32
+    as the transformation computes it.
+    """
+    target = config.target_sparsity
+    f32 = np.float32
+    # The curve at p = 0 as the schedule computes it: (s_i - s_f) * 1 + s_f, in float32.
+    start = f32(f32(config.initial_sparsity - target) + f32(target))
+    top = max(start, f32(target))
+    for pattern, value in config.weight_sparsity_map:
+        reached = f32(top * f32(value / target))
+        if reached >= 1.0:
+            raise ValueError(
+                f"weight_sparsity_map entry {pattern}:{value} rescales the sparsity curve by "
+                f"{value}/target_sparsity={value}/{target}, which takes "
+                f"initial_sparsity={config.initial_sparsity} to {float(reached):.6g} >= 1: the "
+                "matched weights would be pruned entirely. The rescaling is TensorFlow's, exact "
+                "only for initial_sparsity=0; lower initial_sparsity or the map value (it must "
+                f"be below {target / max(float(top), target):.6g} here)"
+            )
+
+
+# TensorFlow's variable names (tf.contrib layers and slim, Keras, lingvo) and Flax's for the same
+# parameters, for the hint of a regex that matches nothing.
+_TF_TO_FLAX = (
+    ("moving_variance", "var"),
+    ("moving_mean", "mean"),
+    ("embeddings", "embedding"),
+    ("weights", "kernel"),
+    ("biases", "bias"),
+    ("gamma", "scale"),
+    ("beta", "bias"),
+)
+
+
+def _tf_name_hint(pattern: str, paths: list[str]) -> str:
+    """A sentence on TensorFlow names in ``pattern`` that Flax spells differently, or ``""``."""
+    found = [(tf, flax) for tf, flax in _TF_TO_FLAX if tf in pattern]
+    hints = []
+    if found:
+        translated = pattern
+        for tf, flax in found:
+            translated = translated.replace(tf, flax)
+        names = ", ".join(f"{tf!r} -> {flax!r}" for tf, flax in found)
+        hint = f" TensorFlow's variable names differ from Flax's ({names})"
+        try:
+            hits = [p for p in paths if re.search(translated, p)]
+        except re.error:
+            hits = []
+        if hits:
+            hint += f": {translated!r} would match {hits}"
+        hints.append(hint + ".")
+    try:
+        folded = [p for p in paths if re.search(pattern, p, re.IGNORECASE)]
+    except re.error:
+        folded = []
+    if folded:
+        hints.append(
+            f" Ignoring case it matches {folded}: Flax's module names are capitalised "
+            "(Dense_0, Conv_0) where Keras's are not (dense, conv2d)."
+        )
+    return "".join(hints)
+
+
+def _check_map_matches(
+    entries: list[tuple[re.Pattern, Any]], paths: list[str], chosen: list[bool], name: str
+) -> None:
+    pruned = [p for p, on in zip(paths, chosen) if on]
+    for rx, _ in entries:
+        if not any(rx.search(p) for p in pruned):
+            raise ValueError(
+                f"{name} entry {rx.pattern!r} matches no pruned leaf; pruned leaves are "
+                f"{pruned}.{_tf_name_hint(rx.pattern, pruned)}"
+            )
+
+
+def _check_rule_matches(rule: Any, paths: list[str]) -> None:
+    if isinstance(rule, re.Pattern) and not any(rule.search(p) for p in paths):
+        raise ValueError(
+            f"prune={rule.pattern!r} matches no leaf; leaf paths are {paths}."
+            f"{_tf_name_hint(rule.pattern, paths)}"
+        )
 
 
 class _Leaf(NamedTuple):
@@ -347,7 +436,7 @@ def pruning_from_config(
     the same step number and masks what it produces, so a hyperparameter string gives the
     same timeline: no shift of the step hyperparameters is needed.
 
-    **Differences from TensorFlow** (SEMANTICS.md decisions 4, 6 and 7):
+    **Differences from TensorFlow**:
 
     * TensorFlow never overwrites the weight variable (it multiplies by the mask in the forward
       pass), so a pruned weight keeps its value and can come back; here pruned weights are
@@ -404,6 +493,8 @@ def pruning_from_config(
         raise TypeError(
             f"config must be a PruningConfig or its hparams string, got {type(config).__name__}"
         )
+    _check_rescaled_sparsities(config)
+    warn_timeline(config, stacklevel=2)
     rule = spec.compile_rule(prune, "prune")
     curve = sparsity_function(config)
     sparsity_entries = spec.compile_map(
@@ -414,7 +505,10 @@ def pruning_from_config(
 
     def plan(params: Any) -> tuple[list[Any], Any, list[bool], list[_Leaf]]:
         paths, leaves, treedef = spec.flatten(params)
+        _check_rule_matches(rule, paths)
         chosen = spec.select(paths, leaves, rule)
+        _check_map_matches(sparsity_entries, paths, chosen, "weight_sparsity_map")
+        _check_map_matches(block_entries, paths, chosen, "block_dims_map")
         scales = spec.lookup(sparsity_entries, paths, chosen, "weight_sparsity_map")
         dims = spec.lookup(block_entries, paths, chosen, "block_dims_map")
         per_leaf = [
