@@ -147,9 +147,10 @@ def random_pruning(
       ...                  random_pruning(schedule, key=jax.random.key(0)))
       >>> state = tx.init(params)
       >>> grads = jax.tree.map(jnp.zeros_like, params)
+      >>> update = jax.jit(tx.update)
       >>> zeros = []
       >>> for _ in range(3):
-      ...     updates, state = tx.update(grads, state, params)
+      ...     updates, state = update(grads, state, params)
       ...     params = optax.apply_updates(params, updates)
       ...     zeros.append(int(jnp.sum(params["w"] == 0)))
       >>> zeros, int(jnp.sum(params["b"] == 0))
