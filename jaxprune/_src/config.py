@@ -146,13 +146,14 @@ def _parse_float(text: str, name: str) -> float:
 
 def _parse_int(text: str, name: str) -> int:
     text = text.strip()
-    # More than 11 digits cannot be an int32 (and Python refuses to convert very long ones).
-    if not _INT.match(text) or len(text.lstrip("+-").lstrip("0")) > 11:
+    if not _INT.match(text):
+        raise ValueError(f"could not parse {name}: expected an int, got {text!r}")
+    # More than 10 significant digits cannot be an int32 (and Python refuses to convert very
+    # long digit strings): report the range without converting.
+    if len(text.lstrip("+-").lstrip("0")) > 10:
         shown = text if len(text) <= 40 else text[:37] + "..."
-        raise ValueError(
-            f"could not parse {name}: expected an int32 (at most {_INT32_MAX} in absolute "
-            f"value), got {shown!r}"
-        )
+        allowed = _INT_RANGES.get(name, f"[-{_INT32_MAX}, {_INT32_MAX}]")
+        raise ValueError(f"{name} must fit in an int32: it must be in {allowed}, got {shown}")
     return int(text)
 
 
