@@ -103,7 +103,7 @@ def acdc(
     Args:
       sparsity: the target of compressed phases, a float in ``[0, 1)``, or per-leaf targets
         ``{path: sparsity}`` keyed by exact leaf paths (e.g. from
-        :func:`jaxprune._src.distributions.erk_sparsities`): then the map's leaves are the
+        :func:`jaxprune.erk_sparsities`): then the map's leaves are the
         pruned ones, and ``prune`` must be ``None`` and ``scope`` ``"layer"``.
       warmup_steps: dense updates before the first compressed phase, ``>= 0``.
       phase_steps: length of each compressed and each decompressed phase, ``>= 1``.

@@ -3,7 +3,7 @@ r"""Sparsity distributions: how a total sparsity is split among the pruned leave
 A distribution maps a params tree and a target sparsity ``s`` to one sparsity per pruned leaf,
 ``{path: sparsity}``, keyed by the leaf's ``/``-joined path (``params/Dense_0/kernel``). The
 result feeds any transformation that takes per-leaf targets, e.g. ``sparsity_map=`` of
-:func:`jaxprune._src.random_pruning.random_pruning`.
+:func:`jaxprune.random_pruning`.
 
 * **Uniform**: every pruned leaf gets ``s``.
 * **Erdős–Rényi–Kernel (ERK)** (Evci et al. 2020, after Mocanu et al. 2018): the density

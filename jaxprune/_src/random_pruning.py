@@ -123,7 +123,7 @@ def random_pruning(
         predicate ``(path, leaf) -> bool``. Default: float leaves of rank >= 2 not named
         ``bias``.
       sparsity_map: per-leaf final targets ``{path: value}`` keyed by the exact leaf path, such
-        as the result of :func:`jaxprune._src.distributions.erk_sparsities`. A float ``v``
+        as the result of :func:`jaxprune.erk_sparsities`. A float ``v``
         rescales the schedule's curve to end at ``v`` (:math:`s_\ell = s \cdot v / s_{final}`);
         a schedule replaces the schedule for that leaf. Leaves not in the map follow
         ``schedule``.
