@@ -67,8 +67,7 @@ def size_of(write) -> int:
 def raw(params: dict) -> list[np.ndarray]:
     # numpy has no bfloat16 of its own: its files get the same bytes as unsigned integers.
     return [
-        (a := np.asarray(x)).view(np.dtype(f"u{a.dtype.itemsize}"))
-        for x in jax.tree.leaves(params)
+        (a := np.asarray(x)).view(np.dtype(f"u{a.dtype.itemsize}")) for x in jax.tree.leaves(params)
     ]
 
 

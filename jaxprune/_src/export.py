@@ -225,7 +225,9 @@ def _positions_from_gaps(gaps: np.ndarray, size: int) -> np.ndarray:
 
 
 def _deflated_size(a: np.ndarray) -> int:
-    return len(zlib.compress(a.tobytes(), 6))
+    # Level 1 is 4-5x faster than the level the file is written with (6) and ranks the two
+    # indexes the same way.
+    return len(zlib.compress(a.tobytes(), 1))
 
 
 def _encode(i: int, x: np.ndarray, entry: dict[str, Any]) -> list[tuple[str, np.ndarray]]:
@@ -268,8 +270,7 @@ def _write(file: Any, leaves: list[tuple[str, np.ndarray]]) -> None:
 
 
 def save_sparse(file: str | os.PathLike | io.IOBase, params: Params) -> None:
-    """Saves ``params`` compactly and atomically: per float leaf, where its non-zeros are and
-    their values.
+    """Saves ``params`` compactly and atomically: float leaves as their non-zeros and where.
 
     The file is a zip of uint8 ``.npy`` arrays that ``numpy.load(file, allow_pickle=False)``
     reads (nothing is pickled), deflate-compressed, holding for each leaf:
@@ -284,15 +285,17 @@ def save_sparse(file: str | os.PathLike | io.IOBase, params: Params) -> None:
     values stored as their raw bytes in byte planes (all first bytes, then all second bytes,
     ...), which deflate packs better than interleaved bytes; and a JSON header with each
     leaf's ``/``-joined path, shape, dtype and encoding (format version 2). At 90% sparsity a
-    float32 model takes about ``0.1·4`` bytes per weight for the values and ``H(0.1)/8 ≈ 0.06``
-    for the positions before compression, against 4 dense. Loading (:func:`load_sparse`) is
+    float32 weight costs ``0.1·4`` bytes of values (about 10% less once deflated) and, once
+    deflated, close to the mask's entropy ``H(0.1)/8 ≈ 0.06`` bytes for the positions, against
+    4 bytes dense. Loading (:func:`load_sparse`) is
     bit-exact, NaN payloads included, except that zeros are not stored: ``-0.0`` loads as
     ``+0.0``. A leaf with a non-native byte order is saved (and loads) in the native one.
 
     A file name is written atomically: a temporary file in the same folder is written, synced
-    to the disk and renamed over ``file`` (:func:`jaxprune._src.atomic.atomic_write`), so if
-    saving fails for any reason the previous file is intact. Like ``numpy.savez``, a ``.npz``
-    suffix is added to a file name without one. A file object is written in place.
+    to the disk and renamed over ``file``, so if saving fails for any reason the previous
+    file is intact (a killed process may leave the temporary ``.<name>.<random>.tmp``).
+    Like ``numpy.savez``, a ``.npz`` suffix is added to a file name without one. A file
+    object is written in place.
 
     Args:
       file: a file name or a writable binary file object.
