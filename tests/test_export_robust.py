@@ -115,6 +115,10 @@ def test_atomic_write_replaces_and_cleans_up(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask  # as open(path, "wb")
+    target.chmod(0o640)
+    with atomic_write(target) as f:
+        f.write(b"one")
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640  # an existing file keeps its mode
     for error in (RuntimeError("writer failed"), KeyboardInterrupt()):
         with pytest.raises(type(error)):
             with atomic_write(target) as f:

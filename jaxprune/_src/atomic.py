@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -47,6 +48,16 @@ def _sync_folder(folder: str) -> None:
         os.close(fd)
 
 
+def _keep_mode(path: str, fd: int) -> None:
+    # open(path, "wb") on an existing file keeps its permissions; so does the replacement.
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return
+    if hasattr(os, "fchmod"):  # pragma: no branch (POSIX; Windows from Python 3.13)
+        os.fchmod(fd, mode)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """Opens a binary file that replaces ``path`` atomically when the ``with`` block succeeds.
@@ -59,8 +70,9 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     is left as it was. A process killed outside Python's control (``SIGKILL``, power loss)
     cannot clean up: ``path`` is still intact, and a stray ``.tmp`` file may remain beside it.
 
-    The new file gets the permissions ``open(path, "wb")`` would give it (``0o666`` less the
-    umask). A symbolic link at ``path`` is replaced by the file, not followed.
+    The file gets the permissions ``open(path, "wb")`` would give it: those of the file it
+    replaces, or ``0o666`` less the umask for a new one (the owner is the writing user). A
+    symbolic link at ``path`` is replaced by the file, not followed.
 
     Args:
       path: the file to create or replace. Its folder must exist.
@@ -94,6 +106,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     folder, name = os.path.split(os.path.abspath(path))
     fd, tmp = _temporary(folder, name)
     try:
+        _keep_mode(path, fd)
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
