@@ -433,5 +433,5 @@ FOLDABLE = frozenset(
 
 # Primitives with no arithmetic that are not worth listing as unknown.
 KNOWN_ZERO = frozenset(
-    _FREE + "scatter random_wrap random_unwrap random_seed debug_callback".split()
+    _FREE + "scatter random_wrap random_unwrap random_seed debug_callback debug_print".split()
 )

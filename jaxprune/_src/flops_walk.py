@@ -10,6 +10,7 @@ most expensive branch).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -112,6 +113,14 @@ def integer_trip_count(start: int, bound: int, step: int, op: str, dtype) -> int
     s = step % size
     if s == 0:
         return None if _compare(op, start, bound) else 0
+    if op == "ne":
+        # The first k >= 0 with start + k*s = bound (mod size): a linear
+        # congruence, solvable iff gcd(s, size) divides the distance.
+        g = math.gcd(s, size)
+        dist = (bound - start) % size
+        if dist % g:
+            return None
+        return dist // g * pow(s // g, -1, size // g) % (size // g)
     # The step as the shorter way round: +255 on a uint8 counter counts down by one.
     d = s if s <= size // 2 else s - size
     v, n = start, 0
