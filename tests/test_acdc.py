@@ -213,3 +213,44 @@ def test_bad_leaves_at_init():
         acdc({"params/Dense_0": 0.5}, **GOOD).init(params)
     with pytest.raises(TypeError, match="not a floating-point array"):
         acdc({"n": 0.5}, **GOOD).init({"n": jnp.ones((3, 3), jnp.int32)})
+
+
+def test_scan_and_multisteps():
+    tx = optax.chain(
+        optax.sgd(0.1),
+        acdc(0.6, warmup_steps=1, phase_steps=1, final_compressed_steps=2, total_steps=5),
+    )
+    params0 = make_params()
+    grads = [grads_like(params0, t) for t in range(6)]
+
+    @jax.jit
+    def step(p, s, g):
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    p_loop, s_loop = params0, tx.init(params0)
+    for g in grads:
+        p_loop, s_loop = step(p_loop, s_loop, g)
+
+    def body(carry, g):
+        return step.__wrapped__(*carry, g), None
+
+    stacked = jax.tree.map(lambda *x: jnp.stack(x), *grads)
+    (p_scan, s_scan), _ = jax.lax.scan(body, (params0, tx.init(params0)), stacked)
+    jax.tree.map(np.testing.assert_array_equal, p_scan, p_loop)
+    jax.tree.map(np.testing.assert_array_equal, s_scan, s_loop)
+
+    # Inside MultiSteps the phases advance once per real update (every 2 micro-steps).
+    ms = optax.MultiSteps(tx, every_k_schedule=2)
+    ms_update = jax.jit(ms.update)
+    ms_state, p = ms.init(params0), params0
+    zeros = []
+    for g in grads:
+        u, ms_state = ms_update(g, ms_state, p)
+        p = optax.apply_updates(p, u)
+        zeros.append(int((np.asarray(p["params"]["Dense_0"]["kernel"]) == 0).sum()))
+    assert int(optax.tree.get(ms_state.inner_opt_state, "count")) == 3
+    # Real updates 0 (dense), 1 (compressed), 2 (dense) at micro-steps 1, 3, 5; the other
+    # micro-steps apply zero updates, so the weights keep the last real update's zeros.
+    pruned = 120 - kept_count(120, 0.6)
+    assert zeros == [0, 0, 0, pruned, pruned, 0]
