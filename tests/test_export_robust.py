@@ -273,6 +273,7 @@ def test_every_accepted_dtype_round_trips_bit_exact(dtype):
         # Zeros are not stored for floats: -0.0 comes back as +0.0, every other pattern as is.
         want = np.where(x == 0, zero, x) if dtype.kind in "fV" else x
         assert_bit_exact(loaded[key], want)
+        assert loaded[key].flags.writeable
     header, _ = members(saved(params))
     kinds = {e["path"]: e["kind"] for e in header["leaves"]}
     assert kinds["sparse"] == ("dense" if dtype.kind in "biuc" else "gaps")
@@ -372,6 +373,7 @@ def test_loads_version_1_files_written_the_old_way():
     assert_bit_exact(loaded["layer"]["w"], w)
     assert_bit_exact(loaded["layer"]["b"], b)
     assert loaded["step"].shape == () and int(loaded["step"]) == 7
+    assert all(x.flags.writeable for x in jax.tree.leaves(loaded))
     # Version 2 kinds are not version 1's.
     meta["leaves"][0]["kind"] = "bitmap"
     with pytest.raises(ValueError, match="unknown kind 'bitmap'"):
@@ -443,7 +445,8 @@ def hostile_files():
     yield "duplicate paths", [leaf("dense"), leaf("dense")], two, "two leaves have the path 'w'"
     yield "unknown kind", [leaf("sparse")], bm, "unknown kind 'sparse'"
     yield "kind missing", [{"path": "w", "shape": [2, 4], "dtype": "float32"}], dn, "kind None"
-    for dtype in ("float33", "O", "object", "U5", "S3", "V8", "(2,)i4", "[('a','<i4')]", 7, None):
+    dtypes = ("float33", "O", "object", "U5", "S3", "V8", "a", "(2,)i4", "[('a','<i4')]", 7, None)
+    for dtype in dtypes:
         yield f"dtype {dtype!r}", [leaf("dense", dtype=dtype)], dn, re.escape(f"dtype {dtype!r}")
     yield "path not a string", [{**leaf("dense"), "path": 3}], dn, "the path 3 is not a string"
     yield "entry not an object", [["w", [2, 4]]], dn, "a leaf entry is list"
@@ -520,6 +523,12 @@ def test_zip_level_damage():
         with zipfile.ZipFile(f, "a") as zf:
             zf.writestr("dense_0.npy", npy(dn["dense_0"]))
     files = {"duplicate names": f.getvalue()}
+    header = u8(
+        json.dumps({"format": "jaxprune.sparse", "version": 2, "leaves": [leaf("dense")]}).encode()
+    )
+    files["name with and without .npy"] = zip_file(
+        [("header", header), ("dense_0", dn["dense_0"]), ("dense_0", npy(dn["dense_0"]))]
+    ).getvalue()
     header = u8(
         json.dumps({"format": "jaxprune.sparse", "version": 2, "leaves": [leaf("dense")]}).encode()
     )

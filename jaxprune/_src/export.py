@@ -20,6 +20,7 @@ import math
 import os
 import re
 import struct
+import warnings
 import zipfile
 import zlib
 from typing import Any
@@ -358,7 +359,9 @@ def _dtype_from_name(name: Any) -> np.dtype:
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_<>|=]{1,40}", name):
         raise _corrupt(f"the dtype {name!r} is not a dtype name")
     try:
-        dtype = np.dtype(jnp.dtype(name))  # jnp.dtype knows bfloat16 and friends
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # e.g. numpy's deprecated aliases: refused too
+            dtype = np.dtype(jnp.dtype(name))  # jnp.dtype knows bfloat16 and friends
     except Exception as e:  # noqa: BLE001 (numpy and jax raise several types here)
         raise _corrupt(f"unknown dtype {name!r}") from e
     if _unsupported(dtype) is not None:
@@ -416,14 +419,12 @@ class _Members:
     """The arrays of a zip, read one at a time after checking their declared sizes."""
 
     def __init__(self, zf: zipfile.ZipFile, length: int):
-        names = zf.namelist()
-        if len(set(names)) != len(names):
+        # Names compare without their .npy suffix: "a" and "a.npy" are the same array twice.
+        self.names = [n.removesuffix(".npy") for n in zf.namelist()]
+        if len(set(self.names)) != len(self.names):
             raise _corrupt("the zip holds two arrays of the same name")
         self.zf, self.length = zf, length
         self.infos = {info.filename: info for info in zf.infolist()}
-
-    def names(self) -> set[str]:
-        return {n.removesuffix(".npy") for n in self.infos}
 
     def read(self, key: str, *, size: int | None = None, at_most: int | None = None) -> np.ndarray:
         """The uint8 array ``key``: of exactly ``size`` bytes, or at most ``at_most``."""
@@ -471,7 +472,7 @@ def _values(members: _Members, key: str, dtype: np.dtype, count: int, planes: bo
 
 
 def _decode(members: _Members) -> tuple[list[str], list[np.ndarray]]:
-    if "header" not in members.names():
+    if "header" not in members.names:
         raise ValueError("not a jaxprune sparse file: it has no header")
     version, leaves = _parse_header(members.read("header").tobytes())
     expected = {"header"}
@@ -480,7 +481,7 @@ def _decode(members: _Members) -> tuple[list[str], list[np.ndarray]]:
             expected.add(f"dense_{i}")
         else:
             expected |= {f"{_POSITIONS[kind]}_{i}", f"values_{i}"}
-    found = members.names()
+    found = set(members.names)
     if found != expected:
         raise _corrupt(
             f"missing arrays {sorted(expected - found)}, unexpected arrays "
@@ -494,7 +495,9 @@ def _decode(members: _Members) -> tuple[list[str], list[np.ndarray]]:
         # small multiple of the bytes the file really holds.
         size = math.prod(shape)
         if kind == "dense":
-            x = _values(members, f"dense_{i}", dtype, size, planes).copy()
+            x = _values(members, f"dense_{i}", dtype, size, planes)
+            if not x.flags.writeable:  # a view of the bytes read (version 1, one-byte dtypes)
+                x = x.copy()
         else:
             if kind == "gaps":
                 positions = _positions_from_gaps(members.read(f"gaps_{i}", at_most=size), size)
