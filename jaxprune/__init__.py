@@ -41,6 +41,7 @@ from jaxprune._src.nn import NNXChannelMask
 from jaxprune._src.oneshot import prune_units
 from jaxprune._src.oneshot import prune_weights
 from jaxprune._src.schedules import ConstantSparsity
+from jaxprune._src.spec import default_rule
 from jaxprune._src.schedules import OptaxSparsity
 from jaxprune._src.schedules import PolynomialDecay
 from jaxprune._src.schedules import PruningSchedule
@@ -53,6 +54,8 @@ from jaxprune._src.structured import UnitSparsity
 from jaxprune._src.structured import block_mask
 from jaxprune._src.structured import nm_mask
 from jaxprune._src.structured import unit_mask
+from jaxprune._src.summaries import PrunedWeightsNotZeroError
+from jaxprune._src.summaries import check_pruned_zero
 from jaxprune._src.summaries import get_masks
 from jaxprune._src.summaries import get_pruning_state
 from jaxprune._src.summaries import sparsity_summary
@@ -76,12 +79,15 @@ __all__ = [
     "OptaxSparsity",
     "PolynomialDecay",
     "PruningConfig",
+    "PrunedWeightsNotZeroError",
     "PruningSchedule",
     "UnitSparsity",
     "apply_masks",
     "block_mask",
+    "check_pruned_zero",
     "constant_sparsity",
     "count_flops",
+    "default_rule",
     "extend_masks",
     "fisher_batch_signals",
     "fisher_prune",

@@ -92,7 +92,9 @@ def test_pruning_summaries_exact():
         "dense/kernel/threshold": float(thresholds["dense/kernel"]),
         "out/kernel/sparsity": 3 / 8,
         "out/kernel/threshold": float(thresholds["out/kernel"]),
-        "overall/sparsity": 15 / 40,
+        "pruned/sparsity": 15 / 40,
+        "overall/sparsity": 15 / 44,  # the dense bias (4 entries) counts, unpruned
+        "skipped_turns": 0.0,
         "target_sparsity": float(SCHEDULE(3)[1]),  # the step count is 3
     }
     assert summary["target_sparsity"] == pytest.approx(0.5625)
@@ -106,7 +108,9 @@ def test_before_any_pruning_step():
     assert pruning_summaries(state, params) == {
         "w/sparsity": 0.0,
         "w/threshold": 0.0,
+        "pruned/sparsity": 0.0,
         "overall/sparsity": 0.0,
+        "skipped_turns": 0.0,
     }
     assert get_weight_sparsity(state) == {"w": 0.0}
 
@@ -137,7 +141,8 @@ def test_nnx_optimizer_state():
     masked = get_masked_weights(params, optimizer.opt_state)
     np.testing.assert_array_equal(masked["kernel"], model.kernel[...])
     summary = pruning_summaries(optimizer.opt_state, params)
-    assert summary["overall/sparsity"] == 0.5
+    assert summary["pruned/sparsity"] == 0.5
+    assert summary["overall/sparsity"] == 12 / 28  # the bias counts, unpruned
 
 
 class MasksOnlyState(NamedTuple):
@@ -150,7 +155,7 @@ register_pruning_state(MasksOnlyState)
 def test_state_type_without_thresholds_or_count():
     state = MasksOnlyState(masks={"w": jnp.array([[True, False]]), "b": jnp.bool_(True)})
     assert get_weight_sparsity(state) == {"w": 0.5}
-    assert pruning_summaries(state) == {"w/sparsity": 0.5, "overall/sparsity": 0.5}
+    assert pruning_summaries(state) == {"w/sparsity": 0.5, "pruned/sparsity": 0.5}
     with pytest.raises(ValueError, match="MasksOnlyState.*keeps no thresholds"):
         get_thresholds(state)
     with pytest.raises(ValueError, match="no step count"):

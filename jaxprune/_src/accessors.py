@@ -19,46 +19,12 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprune._src.base import Array, Params, path_str
-from jaxprune._src.summaries import _is_variable, _unwrap, get_pruning_state
-
-
-def flat_leaves(tree: Any) -> list[tuple[str, Any]]:
-    """``(path, leaf)`` pairs, with flax.nnx ``Variable`` wrappers read as their value.
-
-    So ``nnx.state(model)`` names its kernel ``"kernel"``, not ``"kernel/value"``, as the
-    masks in an ``nnx.Optimizer`` state do.
-    """
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_variable)
-    return [(path_str(p), _unwrap(x)) for p, x in flat]
-
-
-def pair_with_masks(params: Params, masks: Any) -> list[tuple[str, Any, Any]]:
-    """``(path, param, mask)`` for every leaf of ``params``, masks matched by path.
-
-    Raises:
-      ValueError: if the masks do not have the structure and shapes of ``params``.
-    """
-    p_flat, m_flat = flat_leaves(params), flat_leaves(masks)
-    p_paths, m_paths = [p for p, _ in p_flat], [p for p, _ in m_flat]
-    if p_paths != m_paths:
-        raise ValueError(
-            "params do not match the masks of the pruning state: params have leaves "
-            f"{p_paths}, the masks {m_paths}"
-        )
-    out = []
-    for (path, x), (_, m) in zip(p_flat, m_flat, strict=True):
-        if np.ndim(m) and np.shape(m) != np.shape(x):
-            raise ValueError(
-                f"the mask of {path!r} has shape {np.shape(m)}, but the param has shape "
-                f"{np.shape(x)}"
-            )
-        out.append((path, x, m))
-    return out
+from jaxprune._src.base import Array, Params, is_float_array
+from jaxprune._src.summaries import get_pruning_state
+from jaxprune._src.trees import flat_leaves, pair_with_masks
 
 
 def _field(state: Any, name: str) -> Any:
@@ -198,9 +164,16 @@ def pruning_summaries(
       ``zero_fraction(mask)``), for every pruned leaf;
     * ``"<path>/threshold"``: the leaf's last threshold (left out for a pruning state type
       that keeps none);
-    * ``"overall/sparsity"``: pruned entries over all entries of the pruned leaves;
+    * ``"pruned/sparsity"``: entries the masks prune over all entries of the pruned leaves;
+    * ``"overall/sparsity"``, when ``params`` are given: entries the masks prune over all
+      entries of the float leaves of ``params``, pruned or not;
+    * ``"skipped_turns"``, for states that count them: pruning turns skipped because the
+      sparsity (or, for Fisher pruning, a signal) was NaN;
     * ``"target_sparsity"``, when ``schedule`` is given: the schedule's sparsity at the state's
       step count (the step of the next update).
+
+    The names follow :func:`jaxprune.sparsity_summary`: ``pruned`` is over the pruned leaves,
+    ``overall`` over every float leaf.
 
     Counts are exact integers summed on the host, so the figures hold for any model size.
 
@@ -225,16 +198,22 @@ def pruning_summaries(
       >>> schedule = jp.constant_sparsity(0.5, begin_step=0, frequency=1)
       >>> tx = jp.magnitude_pruning(schedule)
       >>> _, state = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
-      >>> pruning_summaries(state, params, schedule=schedule)
-      {'w/sparsity': 0.5, 'w/threshold': 3.0, 'overall/sparsity': 0.5, 'target_sparsity': 0.5}
+      >>> logs = pruning_summaries(state, params, schedule=schedule)
+      >>> for name, value in logs.items():
+      ...     print(name, value)
+      w/sparsity 0.5
+      w/threshold 3.0
+      pruned/sparsity 0.5
+      overall/sparsity 0.3333333333333333
+      skipped_turns 0.0
+      target_sparsity 0.5
     """
     if schedule is not None and not callable(schedule):
         raise TypeError(
             f"schedule must be a callable step -> (should_prune, sparsity), got {schedule!r}"
         )
     state = get_pruning_state(opt_state)
-    if params is not None:
-        pair_with_masks(params, state.masks)
+    paired = None if params is None else pair_with_masks(params, state.masks)
     out: dict[str, float] = {}
     pruned = total = 0
     for path, m, t in pruned_leaves(opt_state):
@@ -245,7 +224,18 @@ def pruning_summaries(
             out[f"{path}/threshold"] = float(np.asarray(t, np.float64))
         pruned += zeros
         total += size
-    out["overall/sparsity"] = pruned / total if total else 0.0
+    out["pruned/sparsity"] = pruned / total if total else 0.0
+    if paired is not None:
+        # Unpruned float leaves count in the total with nothing pruned.
+        everything = total + sum(
+            math.prod(np.shape(x))
+            for _, x, m in paired
+            if np.ndim(m) == 0 and is_float_array(x)
+        )
+        out["overall/sparsity"] = pruned / everything if everything else 0.0
+    skipped = _field(state, "skipped_turns")
+    if skipped is not None:
+        out["skipped_turns"] = float(np.asarray(skipped))
     if schedule is not None:
         if _field(state, "count") is None:
             raise ValueError(

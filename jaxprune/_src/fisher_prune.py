@@ -123,9 +123,12 @@ def fisher_prune(
     with :math:`s_k` the Fisher signal and :math:`c_k` the FLOPs that removing feature
     :math:`k` saves. A feature is alive while its mask entry is above 0.5; removed features
     are never chosen again, and a layer's last alive feature is never removed. Ties go to the
-    first leaf in flattening order, then the lowest index. NaN scores rank last; with
-    ``"ratio"`` a feature whose cost is not positive ranks last. If no layer has two alive
-    features the masks are returned unchanged. Pure and jit-able; ``beta`` may be traced.
+    first leaf in flattening order, then the lowest index. With ``"ratio"`` a feature whose
+    cost is not positive ranks last, and a NaN score from the costs ranks last too. If no layer
+    has two alive features the masks are returned unchanged. **If the signal of any alive
+    feature is NaN, nothing is removed**: NaN signals mean a diverged loss or gradient, and
+    ranking on them would remove an arbitrary feature. Pure and jit-able; ``beta`` may be
+    traced.
 
     **Costs.** Use the FLOPs of one example's forward pass (the seed divides its count by the
     batch size), so that ``beta`` does not depend on the batch size. A function
@@ -185,12 +188,20 @@ def fisher_prune(
         _scores(s, m, c, beta, criterion)
         for s, m, c in zip(s_leaves, m_leaves, c_leaves, strict=True)
     ]
+    nan_signal = jnp.any(
+        jnp.stack(
+            [
+                jnp.any(jnp.isnan(jnp.asarray(s, jnp.float32)) & (jnp.asarray(m) > ALIVE_THRESHOLD))
+                for s, m in zip(s_leaves, m_leaves, strict=True)
+            ]
+        )
+    )
     scores = jnp.concatenate([s for s, _ in scored])
     candidates = jnp.concatenate([c for _, c in scored])
     best = jnp.argmin(scores)  # the first minimum: deterministic tie-breaking
     # Every candidate may score +inf (e.g. "ratio" with no positive cost): take the first one.
     best = jnp.where(candidates[best], best, jnp.argmax(candidates))
-    found = jnp.any(candidates)
+    found = jnp.any(candidates) & ~nan_signal
 
     out = []
     offset = 0

@@ -13,7 +13,7 @@ from jax import lax
 
 from jaxprune._src.base import Array, ArrayLike
 from jaxprune._src.fisher_checks import check_decay, check_like_masks, check_masks
-from jaxprune._src.fisher_prune import check_options, fisher_prune
+from jaxprune._src.fisher_prune import ALIVE_THRESHOLD, check_options, fisher_prune
 from jaxprune._src.fisher_signals import (
     DEFAULT_DECAY,
     fisher_batch_signals,
@@ -33,6 +33,8 @@ class FisherPruningState(NamedTuple):
     signals: Any  # like the masks: shape=(C,), float32: moving average of mean_n g_nk^2
     flops: Array  # shape=(), float32: cost_fn(channel_masks), 0 when there is no cost_fn
     num_pruned: Array  # shape=(), int32: features removed by this transformation so far
+    # Pruning turns skipped, masks unchanged, because a signal of an alive feature was NaN.
+    skipped_turns: Array = np.zeros((), np.int32)  # shape=(), int32
 
 
 def _check_int(value: Any, name: str, minimum: int) -> int:
@@ -170,6 +172,7 @@ def fisher_pruning(
             signals=jax.tree.map(lambda m: jnp.zeros(m.shape, jnp.float32), initial_masks),
             flops=initial_flops,
             num_pruned=jnp.zeros((), jnp.int32),
+            skipped_turns=jnp.zeros((), jnp.int32),
         )
 
     def update_fn(
@@ -197,6 +200,18 @@ def fisher_pruning(
         should_prune = (t >= burn_in) & ((t - burn_in) % frequency == 0)
         if target_flops is not None:
             should_prune = should_prune & (state.flops > target_flops)
+        nan = jnp.any(
+            jnp.stack(
+                [
+                    jnp.any(jnp.isnan(s) & (jnp.asarray(m) > ALIVE_THRESHOLD))
+                    for s, m in zip(
+                        jax.tree.leaves(signals), jax.tree.leaves(state.channel_masks), strict=True
+                    )
+                ]
+            )
+        )
+        skipped = should_prune & nan
+        should_prune = should_prune & ~nan
 
         def prune(operand):
             masks, _ = operand
@@ -230,6 +245,7 @@ def fisher_pruning(
             signals=signals,
             flops=flops,
             num_pruned=state.num_pruned + removed,
+            skipped_turns=jnp.asarray(state.skipped_turns, jnp.int32) + skipped.astype(jnp.int32),
         )
         return updates, new_state
 

@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxprune._src import selection, spec
+from jaxprune._src import selection, spec, trees
 from jaxprune._src.base import Array, ArrayLike, LeafRule, Masks, Params, check_sparsity
 
 
@@ -159,17 +159,44 @@ def global_magnitude_masks(
 def apply_masks(params: Params, masks: Masks) -> Params:
     """Zeroes the pruned entries of ``params``: ``where(mask, param, 0)`` leaf by leaf.
 
-    Works with masks from any jaxprune function (scalar ``True`` leaves keep the leaf as is).
+    Masks are matched to the params by leaf path, with flax.nnx ``Variable`` wrappers
+    transparent: the masks :func:`jaxprune.get_masks` returns work with a linen params dict,
+    with ``nnx.state(model, nnx.Param)`` and with its pure-dict form, and the result keeps the
+    wrappers ``params`` had. A scalar mask applies to its whole leaf (scalar ``True`` leaves it
+    as it is).
+
+    Args:
+      params: a pytree of arrays (flax.nnx ``Variable`` wrappers allowed).
+      masks: bool masks with the leaves of ``params``: each a scalar or exactly its leaf's
+        shape.
+
+    Returns:
+      ``params`` with the pruned entries set to ``0`` of the leaf's dtype.
+
+    Raises:
+      ValueError: if the masks do not have the leaves of ``params``, or a mask is neither a
+        scalar nor of its leaf's shape (a mask that would only broadcast is refused: it almost
+        always belongs to another leaf).
+      TypeError: if a mask is not boolean (a float or int mask is a mistake, not a mask).
 
     Examples:
       >>> import jax.numpy as jnp
       >>> import jaxprune as jp
-      >>> jp.apply_masks({"w": jnp.array([1.0, -2.0])}, {"w": jnp.array([False, True])})
-      {'w': Array([ 0., -2.], dtype=float32)}
+      >>> out = jp.apply_masks({"w": jnp.array([1.0, -2.0])}, {"w": jnp.array([False, True])})
+      >>> out["w"].tolist()
+      [0.0, -2.0]
     """
-    return jax.tree.map(
-        lambda p, m: jnp.where(m, p, jnp.zeros((), jnp.asarray(p).dtype)), params, masks
-    )
+    new = []
+    for path, x, m in trees.pair_with_masks(params, masks):
+        m = jnp.asarray(m)
+        if m.dtype != jnp.bool_:
+            raise TypeError(
+                f"the mask of {path!r} has dtype {m.dtype}; masks must be bool (True = kept), "
+                "e.g. mask.astype(bool) if that is what you mean"
+            )
+        x = jnp.asarray(x)
+        new.append(jnp.where(m, x, jnp.zeros((), x.dtype)))
+    return trees.rebuild(params, new)
 
 
 def masks_like(params: Params, chosen: list[bool]) -> list[Any]:

@@ -224,7 +224,9 @@ def kept_count(size: int, sparsity: ArrayLike) -> Array:
     """How many entries a sparsity keeps, by tfmot's rule.
 
     ``k = max(round_half_to_even(float32(size) * (1 - sparsity)), 1)``, computed in float32 as
-    TensorFlow does, and at most ``size``. A sparsity of 1 still keeps one entry.
+    TensorFlow does, and at most ``size``. A sparsity of 1 still keeps one entry. A NaN
+    sparsity keeps every entry (``k = size``): a diverged schedule or a NaN computed in the
+    step never prunes a whole layer.
     """
     if size >= 2**31:
         raise ValueError(
@@ -233,4 +235,5 @@ def kept_count(size: int, sparsity: ArrayLike) -> Array:
     s = jnp.asarray(sparsity, jnp.float32)
     k = jnp.round(jnp.float32(size) * (jnp.float32(1.0) - s))  # jnp.round: half to even
     k = jnp.clip(k, 1.0, float(size))
+    k = jnp.where(jnp.isnan(s), jnp.float32(size), k)
     return jnp.minimum(k.astype(jnp.int32), size)

@@ -60,14 +60,66 @@ def default_prunable(leaf: Any, path: str = "") -> bool:
     return path.rsplit("/", 1)[-1] != "bias"
 
 
+def default_rule(path: str, leaf: Any) -> bool:
+    """The default leaf rule, as a predicate ``(path, leaf) -> bool`` to build on.
+
+    True for floating-point arrays of rank >= 2 with at least one entry, unless the leaf is
+    named ``bias`` (the last part of its ``/``-joined path): dense and convolution kernels and
+    embedding tables are pruned; biases (also linen attention biases, which are rank 2, and
+    Equinox's ``(out, 1, 1)`` convolution biases), normalisation parameters, scalars and
+    integer leaves are not. Extend it rather than rewrite it, e.g.
+    ``prune=lambda p, x: jaxprune.default_rule(p, x) and "head" not in p`` (or, simpler,
+    ``exclude="head"``).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jaxprune as jp
+      >>> jp.default_rule("Dense_0/kernel", jnp.ones((4, 4)))
+      True
+      >>> jp.default_rule("Attention_0/bias", jnp.ones((4, 4)))
+      False
+      >>> jp.default_rule("LayerNorm_0/scale", jnp.ones(4))
+      False
+    """
+    return default_prunable(leaf, path)
+
+
 def flatten(tree: Any) -> tuple[list[str], list[Any], Any]:
     """Paths, leaves and treedef of a params tree."""
     flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
     return [path_str(p) for p, _ in flat], [leaf for _, leaf in flat], treedef
 
 
-def select(paths: list[str], leaves: list[Any], rule: Any, name: str = "prune") -> list[bool]:
-    """For each leaf, whether it is pruned under ``rule`` (``None``: the default)."""
+def select(
+    paths: list[str],
+    leaves: list[Any],
+    rule: Any,
+    name: str = "prune",
+    *,
+    exclude: Any = None,
+) -> list[bool]:
+    """For each leaf, whether it is pruned under ``rule`` (``None``: the default).
+
+    ``exclude`` (a compiled rule from :func:`compile_rule`, or ``None``) removes the leaves it
+    matches from the selection; an ``exclude`` that matches no selected leaf is an error (a
+    typo, almost always), and so is one that removes every selected leaf.
+    """
+    chosen = _select(paths, leaves, rule, name)
+    if exclude is None:
+        return chosen
+    dropped = [on and _matches(exclude, p, x) for p, x, on in zip(paths, leaves, chosen)]
+    if not any(dropped):
+        picked = [p for p, on in zip(paths, chosen) if on]
+        raise ValueError(
+            f"exclude={_describe(exclude)} matches no pruned leaf; pruned leaves are {picked}"
+        )
+    out = [on and not d for on, d in zip(chosen, dropped)]
+    if not any(out):
+        raise ValueError(f"exclude={_describe(exclude)} removes every pruned leaf")
+    return out
+
+
+def _select(paths: list[str], leaves: list[Any], rule: Any, name: str) -> list[bool]:
     if rule is None:
         return [default_prunable(leaf, path) for path, leaf in zip(paths, leaves)]
     chosen = []

@@ -9,22 +9,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprune._src.base import Masks, Params, is_float_array, path_str
+from jaxprune._src.base import Masks, Params, is_float_array
 from jaxprune._src.transform import PRUNING_STATE_TYPES, MagnitudePruningState
+from jaxprune._src.trees import flat_leaves, pair_with_masks
+from jaxprune._src.trees import is_variable as _is_variable  # noqa: F401 (flops imports it)
+from jaxprune._src.trees import unwrap as _unwrap
 
 # Counting is done per chunk so that int32 device counts never overflow.
 _CHUNK = 2**30
-
-
-def _unwrap(x: Any) -> Any:
-    # flax.nnx wraps arrays in Variable objects; read their values.
-    if hasattr(x, "get_value"):
-        return x.get_value()
-    return getattr(x, "value", x)
-
-
-def _is_variable(x: Any) -> bool:
-    return type(x).__module__.startswith("flax.nnx") and hasattr(x, "get_value")
 
 
 def _is_opt_state_variable(x: Any) -> bool:
@@ -107,20 +99,22 @@ def _zeros_and_size(x: Any) -> tuple[int, int]:
 
 def _rows(params: Params, masks: Masks | None) -> list[tuple[str, tuple, int, int, bool]]:
     """``(path, shape, size, zeros, pruned)`` for every float leaf of ``params``."""
-    flat, treedef = jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_variable)
-    pruned = [False] * len(flat)
-    if masks is not None:
+    if masks is None:
+        triples = [(path, x, True) for path, x in flat_leaves(params)]
+    else:
         try:
-            mask_leaves = treedef.flatten_up_to(masks)
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"masks must have the tree structure of params: {e}") from e
-        pruned = [np.ndim(_unwrap(m)) > 0 for m in mask_leaves]
+            triples = pair_with_masks(params, masks)
+        except ValueError as e:
+            raise ValueError(
+                f"masks must have the leaves of params (the structure of params): {e}"
+            ) from e
     rows = []
-    for (path, x), on in zip(flat, pruned):
-        x = _unwrap(x)
+    for path, x, m in triples:
         if is_float_array(x):
             zeros, size = _zeros_and_size(x)
-            rows.append((path_str(path), tuple(np.shape(x)), size, zeros, on))
+            rows.append(
+                (path, tuple(np.shape(x)), size, zeros, masks is not None and np.ndim(m) > 0)
+            )
     return rows
 
 
@@ -204,3 +198,82 @@ def sparsity_table(params: Params, masks: Masks | None = None) -> str:
         right = [r[c].rjust(widths[c]) for c in range(2, 5)]
         lines.append("  ".join(left + right).rstrip())
     return "\n".join(lines)
+
+
+class PrunedWeightsNotZeroError(ValueError):
+    """Raised by :func:`check_pruned_zero`: a weight its mask prunes is not exactly zero."""
+
+
+def check_pruned_zero(params: Params, opt_state: Any) -> None:
+    """Checks that every weight the pruning state's masks prune is exactly ``0.0``.
+
+    A pruning transformation in an ``optax.chain`` must come **last**: it emits ``-w`` for
+    pruned weights so that ``optax.apply_updates`` lands them on exactly zero, and any
+    transformation after it (Adam, ``optax.clip_by_global_norm``, a learning-rate scale)
+    rescales that ``-w``. A transformation cannot see where it sits in a chain, so this check
+    is the cheap way to catch it: call it on the host every few hundred steps, or once after
+    the first pruning turn. It reads one byte per pruned weight and costs about one pass over
+    them. (The wrapper form, :func:`jaxprune.sparse`, owns the inner optimizer and cannot be
+    misplaced.)
+
+    Masks are matched to params by path (flax.nnx wrappers are transparent), so it works with
+    a linen params dict and the optax state, with ``nnx.state(model, nnx.Param)`` and an
+    ``nnx.Optimizer``'s ``opt_state``, and with flax's ``TrainState``. Pruning states whose
+    masks apply in the forward pass only (the straight-through family) keep dense weights by
+    design and are not checked.
+
+    Args:
+      params: the params after ``optax.apply_updates``.
+      opt_state: the optimizer state holding the pruning state.
+
+    Raises:
+      PrunedWeightsNotZeroError: (a ``ValueError``) naming each leaf with non-zero pruned
+        weights, how many, and the likely cause.
+      ValueError: if ``opt_state`` holds no pruning state, or its masks do not match
+        ``params``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> import jaxprune as jp
+      >>> params = {"w": jnp.array([[1.0, -4.0], [3.0, 2.0]])}
+      >>> prune = jp.magnitude_pruning(jp.constant_sparsity(0.5, begin_step=0, frequency=1))
+      >>> good = optax.chain(optax.sgd(0.1), prune)
+      >>> state = good.init(params)
+      >>> updates, state = good.update(params, state, params)
+      >>> jp.check_pruned_zero(optax.apply_updates(params, updates), state)  # passes
+      >>> bad = optax.chain(prune, optax.adam(0.1))  # pruning is not last
+      >>> state = bad.init(params)
+      >>> updates, state = bad.update(params, state, params)
+      >>> try:
+      ...     jp.check_pruned_zero(optax.apply_updates(params, updates), state)
+      ... except jp.PrunedWeightsNotZeroError as e:
+      ...     print(str(e).splitlines()[0])
+      2 pruned weights are not zero: w (2 of 2)
+    """
+    states = [
+        s for s in find_pruning_states(opt_state) if not getattr(s, "straight_through", False)
+    ]
+    if not states:
+        raise ValueError(
+            "opt_state holds no pruning state with masks (e.g. from jaxprune.magnitude_pruning)"
+        )
+    bad = []
+    for state in states:
+        for path, x, m in pair_with_masks(params, state.masks):
+            if np.ndim(m) == 0:
+                continue
+            m = np.asarray(m)
+            pruned = int(m.size - np.count_nonzero(m))
+            nonzero = int(np.count_nonzero(np.asarray(x)[~m]))
+            if nonzero:
+                bad.append((path, nonzero, pruned))
+    if bad:
+        total = sum(n for _, n, _ in bad)
+        listing = ", ".join(f"{p} ({n} of {k})" for p, n, k in bad)
+        raise PrunedWeightsNotZeroError(
+            f"{total} pruned weights are not zero: {listing}\n"
+            "The pruning transformation is probably not the last element of the optax chain "
+            "(anything after it rescales the -w it emits), or the params were changed outside "
+            "the optimizer. Put it last, e.g. optax.chain(optax.adam(1e-3), "
+            "jaxprune.magnitude_pruning(schedule)), or use jaxprune.sparse(inner, algorithm)."
+        )

@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import lax
 
@@ -25,11 +26,14 @@ class MagnitudePruningState(NamedTuple):
     ``masks`` and ``thresholds`` have the structure of the params: a pruned leaf has a bool mask
     of its own shape (one byte per parameter) and its last threshold, a scalar of its dtype; a
     leaf that is not pruned has a scalar ``True`` mask and a zero threshold.
+    ``skipped_turns`` counts the pruning turns that were skipped, masks unchanged, because the
+    schedule's sparsity was NaN (see "NaN sparsities" in the docs).
     """
 
     count: Array  # shape=(), int32: updates seen so far (the schedule's step)
     masks: Masks  # like params: bool, leaf shape if pruned else shape=()
     thresholds: Any  # like params: shape=(), the leaf's float dtype (float32 for others)
+    skipped_turns: Array = np.zeros((), np.int32)  # shape=(), int32: turns skipped (NaN)
 
 
 # State types whose ``masks`` and ``thresholds`` are params-shaped; jaxprune.get_masks and the
@@ -86,6 +90,38 @@ class _ScaledSchedule(PruningSchedule):
     def __call__(self, step: ArrayLike) -> tuple[Array, Array]:
         should_prune, sparsity = self.base(step)
         return should_prune, sparsity * jnp.float32(self.target / self.final)
+
+
+def skip_nan_turn(should_prune: ArrayLike, sparsity: ArrayLike) -> tuple[Array, Array]:
+    """``(prune, skipped)``: a turn whose sparsity is NaN is skipped (masks left unchanged).
+
+    Every pruning transformation runs its turn through this, so a NaN sparsity never prunes
+    everything, and counts ``skipped`` in its state.
+    """
+    should_prune = jnp.asarray(should_prune, bool)
+    nan = jnp.any(jnp.isnan(jnp.asarray(sparsity, jnp.float32)))
+    return should_prune & ~nan, should_prune & nan
+
+
+def check_structure(structure: Any, leaf: Any, path: str) -> None:
+    """Traces ``structure(leaf, 0.5)`` abstractly: it must return a mask of the leaf's shape.
+
+    So a structure the leaf cannot take, or a custom structure with a wrong mask shape, fails at
+    ``init`` with the leaf's path in the message, not inside ``lax.cond`` at the first turn.
+    """
+    out = jax.eval_shape(structure, leaf, jnp.float32(0.5))
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise TypeError(
+            f"the structure for {path!r} must return (mask, threshold), got {out!r} "
+            f"from {structure!r}"
+        )
+    shape = tuple(np.shape(leaf))
+    if tuple(out[0].shape) != shape or tuple(out[1].shape) != ():
+        raise ValueError(
+            f"the structure {structure!r} for {path!r} returns a mask of shape "
+            f"{tuple(out[0].shape)} and a threshold of shape {tuple(out[1].shape)}; the leaf "
+            f"needs a mask of shape {shape} and a scalar threshold"
+        )
 
 
 def _check_schedule(schedule: Any, name: str) -> None:
@@ -160,6 +196,7 @@ def magnitude_pruning(
     *,
     scope: str = "layer",
     prune: LeafRule | None = None,
+    exclude: LeafRule | None = None,
     sparsity_map: Mapping[str, float | PruningSchedule] | None = None,
     structure: Any = None,
     recompute_from: str = "updated",
@@ -178,6 +215,14 @@ def magnitude_pruning(
        prunes it, so after ``optax.apply_updates`` every pruned weight is exactly ``0.0``, on
        every step, not only on pruning steps.
 
+    A pruning turn whose sparsity is NaN (a diverged custom schedule, a NaN computed in the
+    step) is skipped: the masks stay as they are and ``skipped_turns`` in the state counts it.
+
+    The transformation must be the **last** element of the chain: anything after it (e.g.
+    ``optax.clip_by_global_norm`` or a learning-rate scale) changes the ``-w`` it emits, and
+    pruned weights are then no longer zero. :func:`jaxprune.check_pruned_zero` verifies it
+    in a training loop.
+
     With ``recompute_from="updated"`` a pruned weight is ranked as ``0 + u``, so it comes back
     when its update alone ranks among the kept magnitudes (as in tfmot, which re-ranks weights
     its optimizer moved); with ``"current"`` a pruned weight is ranked as ``0`` and comes back
@@ -189,8 +234,11 @@ def magnitude_pruning(
       scope: ``"layer"`` ranks each leaf on its own (tfmot's behaviour); ``"global"`` ranks all
         pruned leaves together.
       prune: which leaves are pruned: a regex searched in the ``/``-joined leaf path (e.g.
-        ``"kernel"``, ``"Dense_0/kernel"``) or a predicate ``(path, leaf) -> bool``. Default:
-        float leaves of rank >= 2 (kernels and embeddings).
+        ``"kernel"``, ``"Dense_0/kernel"``) or a predicate ``(path, leaf) -> bool``. Default
+        (:func:`jaxprune.default_rule`): float leaves of rank >= 2 not named ``bias`` (kernels
+        and embeddings; linen's rank-2 attention biases are left alone).
+      exclude: leaves to leave out of the selection ``prune`` makes, by the same kind of rule
+        (e.g. ``exclude="head"`` keeps the output layer dense).
       sparsity_map: per-leaf overrides ``{regex: value}``. A float ``v`` rescales the
         schedule's curve to end at ``v`` (:math:`s_{leaf} = s \cdot v / s_{final}`, TensorFlow's
         ``weight_sparsity_map`` rule); a schedule replaces the schedule for those leaves. A
@@ -203,7 +251,8 @@ def magnitude_pruning(
         :class:`jaxprune.UnitSparsity` (whole output units by L2 norm) — or a mapping
         ``{regex: structure}`` for some leaves (two entries matching one leaf is an error).
         Structured leaves are always ranked on their own. A structure a leaf cannot take (e.g.
-        blocks on a rank-4 kernel) raises at ``init``.
+        blocks on a rank-4 kernel), or a custom structure whose mask does not have the leaf's
+        shape, raises at ``init``.
       recompute_from: ``"updated"`` (default) ranks the weights this step produces,
         :math:`w + u`; ``"current"`` ranks the weights before this update. ``"current"`` is
         cheaper on steps that do not prune: the masks' ``lax.cond`` then does not need the
@@ -239,29 +288,32 @@ def magnitude_pruning(
     if recompute_from not in _RECOMPUTE_FROM:
         raise ValueError(f"recompute_from must be one of {_RECOMPUTE_FROM}, got {recompute_from!r}")
     rule = spec.compile_rule(prune, "prune")
+    excluded = spec.compile_rule(exclude, "exclude")
     leaf_schedules = _leaf_schedules(schedule, sparsity_map)
     leaf_structures = _leaf_structures(structure)
 
     def plan(params: Any) -> tuple[list[Any], Any, list[bool], list[Any], list[Any]]:
         paths, leaves, treedef = spec.flatten(params)
-        chosen = spec.select(paths, leaves, rule)
+        chosen = spec.select(paths, leaves, rule, exclude=excluded)
         scheds = leaf_schedules(paths, chosen)
         structs = leaf_structures(paths, chosen)
         return leaves, treedef, chosen, scheds, structs
 
     def init_fn(params: Any) -> MagnitudePruningState:
         leaves, treedef, chosen, _, structs = plan(params)
-        for leaf, st in zip(leaves, structs):
+        paths = spec.flatten(params)[0]
+        for path, leaf, st in zip(paths, leaves, structs):
             if st is not None:
                 # Trace the structure once on the leaf's shape, so a structure the leaf cannot
                 # take (e.g. blocks on a rank-4 kernel) fails here rather than inside a step.
-                jax.eval_shape(st, leaf, jnp.float32(0.5))
+                check_structure(st, leaf, path)
         masks = masks_lib.masks_like(params, chosen)
         thresholds = initial_thresholds(leaves)
         return MagnitudePruningState(
             count=jnp.zeros((), jnp.int32),
             masks=jax.tree_util.tree_unflatten(treedef, masks),
             thresholds=jax.tree_util.tree_unflatten(treedef, thresholds),
+            skipped_turns=jnp.zeros((), jnp.int32),
         )
 
     def update_fn(
@@ -287,9 +339,12 @@ def magnitude_pruning(
                     order.append(sch)
                 groups.setdefault(id(sch), []).append(i)
 
+        skipped = jnp.zeros((), bool)
         for sch in order:
             idx = groups[id(sch)]
             should_prune, sparsity = sch(state.count)
+            should_prune, skip = skip_nan_turn(should_prune, sparsity)
+            skipped = skipped | skip
             # With global scope, leaves on the main schedule and without a structure share one
             # threshold; the others are ranked on their own.
             together = [
@@ -342,6 +397,7 @@ def magnitude_pruning(
             count=optax.safe_int32_increment(state.count),
             masks=jax.tree_util.tree_unflatten(treedef, m_leaves),
             thresholds=jax.tree_util.tree_unflatten(treedef, t_leaves),
+            skipped_turns=jnp.asarray(state.skipped_turns, jnp.int32) + skipped.astype(jnp.int32),
         )
         return jax.tree_util.tree_unflatten(treedef, out), new_state
 

@@ -1,0 +1,253 @@
+"""Nothing silently wrong: NaN sparsities, strict masks, misplaced transformations, NNX masks."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import jaxprune as jp
+from jaxprune._src.selection import kept_count
+
+KEY = jax.random.key(0)
+
+
+def _params():
+    k1, k2 = jax.random.split(KEY)
+    return {
+        "Dense_0": {"kernel": jax.random.normal(k1, (8, 6)), "bias": jnp.zeros(6)},
+        "head": {"kernel": jax.random.normal(k2, (6, 3)), "bias": jnp.zeros(3)},
+    }
+
+
+class NaNOnTurn(jp.PruningSchedule):
+    """Prunes every step at 0.5, but the sparsity is NaN at the step ``bad``."""
+
+    def __init__(self, bad):
+        self.bad = bad
+
+    def __call__(self, step):
+        s = jnp.where(jnp.asarray(step) == self.bad, jnp.nan, 0.5)
+        return jnp.asarray(True), s.astype(jnp.float32)
+
+
+# --- NaN sparsities -----------------------------------------------------------------------
+
+
+def test_kept_count_nan_keeps_everything():
+    assert int(jax.jit(kept_count, static_argnums=0)(10, jnp.float32(jnp.nan))) == 10
+    assert int(kept_count(10, jnp.float32(0.5))) == 5
+
+
+def test_mask_functions_keep_every_entry_for_a_traced_nan():
+    w = jax.random.normal(KEY, (16, 4))
+    mask = jax.jit(jp.magnitude_mask)(w, jnp.float32(jnp.nan))
+    assert bool(jnp.all(mask))
+    masks = jax.jit(jp.global_magnitude_masks)({"a": w, "b": w * 2}, jnp.float32(jnp.nan))
+    assert all(bool(jnp.all(m)) for m in jax.tree.leaves(masks))
+    # A concrete NaN is refused at once.
+    with pytest.raises(ValueError, match="sparsity"):
+        jp.magnitude_mask(w, float("nan"))
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_nan_sparsity_skips_the_turn_and_counts_it(scope):
+    params = _params()
+    tx = optax.chain(optax.sgd(0.0), jp.magnitude_pruning(NaNOnTurn(bad=1), scope=scope))
+    state = tx.init(params)
+    step = jax.jit(lambda p, s: tx.update(jax.tree.map(jnp.zeros_like, p), s, p))
+    updates, state = step(params, state)
+    params = optax.apply_updates(params, updates)
+    before = jp.get_masks(state)
+    assert float(jnp.mean(params["Dense_0"]["kernel"] == 0)) == 0.5
+    updates, state = step(params, state)  # the NaN turn
+    params = optax.apply_updates(params, updates)
+    after = jp.get_masks(state)
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
+        np.testing.assert_array_equal(a, b)
+    assert int(state[1].skipped_turns) == 1
+    assert float(jnp.mean(params["Dense_0"]["kernel"] == 0)) == 0.5  # not everything pruned
+    assert jp.pruning_summaries(state, params)["skipped_turns"] == 1.0
+    _, state = step(params, state)
+    assert int(state[1].skipped_turns) == 1
+
+
+# --- apply_masks is strict ----------------------------------------------------------------
+
+
+def test_apply_masks_refuses_broadcasting_and_non_bool_masks():
+    params = {"w": jnp.ones((4, 3))}
+    with pytest.raises(ValueError, match=r"'w'.*shape \(1, 3\)"):
+        jp.apply_masks(params, {"w": jnp.ones((1, 3), bool)})
+    with pytest.raises(TypeError, match="'w'.*float32.*bool"):
+        jp.apply_masks(params, {"w": jnp.ones((4, 3))})
+    with pytest.raises(ValueError, match="without a mask: \\['v'\\]"):
+        jp.apply_masks({"w": jnp.ones(2), "v": jnp.ones(2)}, {"w": jnp.ones(2, bool)})
+    out = jp.apply_masks(params, {"w": jnp.bool_(True)})
+    np.testing.assert_array_equal(out["w"], params["w"])
+
+
+# --- structures checked at init -----------------------------------------------------------
+
+
+def test_custom_structure_with_a_wrong_mask_shape_fails_at_init():
+    def transposed(x, s):
+        return jnp.ones(x.shape[::-1], bool), jnp.zeros((), x.dtype)
+
+    tx = jp.magnitude_pruning(jp.constant_sparsity(0.5), structure={"Dense_0": transposed})
+    with pytest.raises(ValueError, match=r"Dense_0/kernel.*\(6, 8\).*\(8, 6\)"):
+        tx.init(_params())
+
+    def no_threshold(x, s):
+        return jnp.ones(x.shape, bool)
+
+    tx = jp.magnitude_pruning(jp.constant_sparsity(0.5), structure=no_threshold)
+    with pytest.raises(TypeError, match=r"\(mask, threshold\)"):
+        tx.init(_params())
+
+
+# --- leaf selection ----------------------------------------------------------------------
+
+
+def test_exclude_and_the_default_rule():
+    params = _params()
+    tx = jp.magnitude_pruning(jp.constant_sparsity(0.5), exclude="head")
+    masks = jp.get_masks(tx.init(params))
+    assert masks["Dense_0"]["kernel"].shape == (8, 6)
+    assert masks["head"]["kernel"].shape == ()
+    with pytest.raises(ValueError, match="exclude='nothing' matches no pruned leaf"):
+        jp.magnitude_pruning(jp.constant_sparsity(0.5), exclude="nothing").init(params)
+    with pytest.raises(ValueError, match="removes every pruned leaf"):
+        jp.magnitude_pruning(jp.constant_sparsity(0.5), exclude="kernel").init(params)
+    # The default rule, extended by a predicate.
+    rule = lambda p, x: jp.default_rule(p, x) and not p.startswith("head")  # noqa: E731
+    masks = jp.get_masks(jp.magnitude_pruning(jp.constant_sparsity(0.5), prune=rule).init(params))
+    assert masks["head"]["kernel"].shape == () and masks["Dense_0"]["kernel"].ndim == 2
+    assert not jp.default_rule("MultiHeadAttention_0/query/bias", jnp.ones((4, 8)))
+
+
+# --- misplaced transformations -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: optax.chain(p, optax.adam(0.1)),
+        lambda p: optax.chain(optax.sgd(0.1), p, optax.clip_by_global_norm(0.01)),
+        lambda p: optax.chain(optax.sgd(0.1), p, optax.scale(0.5)),
+    ],
+    ids=["before-adam", "before-clip", "mid-chain"],
+)
+def test_check_pruned_zero_catches_a_misplaced_pruning_transformation(make):
+    params = _params()
+    prune = jp.magnitude_pruning(jp.constant_sparsity(0.5, begin_step=0, frequency=1))
+    tx = make(prune)
+    state = tx.init(params)
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, state = tx.update(grads, state, params)
+    with pytest.raises(jp.PrunedWeightsNotZeroError, match="not the last element"):
+        jp.check_pruned_zero(optax.apply_updates(params, updates), state)
+
+
+def test_check_pruned_zero_passes_when_last():
+    params = _params()
+    tx = optax.chain(
+        optax.clip_by_global_norm(1.0),
+        optax.adam(0.1),
+        jp.magnitude_pruning(jp.constant_sparsity(0.5, begin_step=0, frequency=1)),
+    )
+    state = tx.init(params)
+    for _ in range(3):
+        updates, state = tx.update(jax.tree.map(jnp.ones_like, params), state, params)
+        params = optax.apply_updates(params, updates)
+        jp.check_pruned_zero(params, state)
+    with pytest.raises(ValueError, match="no pruning state"):
+        jp.check_pruned_zero(params, optax.sgd(0.1).init(params))
+
+
+# --- summaries speak one vocabulary --------------------------------------------------------
+
+
+def test_summaries_share_one_vocabulary():
+    params = _params()
+    tx = optax.chain(
+        optax.sgd(0.1), jp.magnitude_pruning(jp.constant_sparsity(0.75, begin_step=0, frequency=1))
+    )
+    state = tx.init(params)
+    updates, state = tx.update(jax.tree.map(jnp.ones_like, params), state, params)
+    params = optax.apply_updates(params, updates)
+    # No natural zeros: biases moved by -0.1, so the only zeros are the pruned weights.
+    masks = jp.get_masks(state)
+    logs = jp.pruning_summaries(state, params)
+    summary = jp.sparsity_summary(params, masks)
+    assert logs["pruned/sparsity"] == summary["pruned"]
+    assert logs["overall/sparsity"] == summary["overall"]
+    # tfmot's rule keeps round_half_even(48 * 0.25) = 12 and round_half_even(18 * 0.25) = 4.
+    assert logs["overall/sparsity"] == pytest.approx((36 + 14) / (48 + 18 + 9))
+
+
+# --- NNX: one representation of masks ------------------------------------------------------
+
+
+def test_nnx_masks_work_with_nnx_state_everywhere():
+    model = nnx.Sequential(nnx.Linear(6, 8, rngs=nnx.Rngs(0)), nnx.Linear(8, 2, rngs=nnx.Rngs(1)))
+    tx = optax.chain(
+        optax.sgd(0.1), jp.magnitude_pruning(jp.constant_sparsity(0.5, begin_step=0, frequency=1))
+    )
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    grads = nnx.grad(lambda m: jnp.sum(m(jnp.ones((2, 6))) ** 2))(model)
+    optimizer.update(model, grads)
+    masks = jp.get_masks(optimizer.opt_state)
+    params = nnx.state(model, nnx.Param)
+
+    masked = jp.apply_masks(params, masks)
+    assert jax.tree.structure(masked) == jax.tree.structure(params)  # Param wrappers kept
+    stripped = jp.strip(params, optimizer.opt_state)
+    by_map = jax.tree.map(lambda m, p: jnp.where(m, p[...], 0.0), masks, params)
+    for a, b, c in zip(
+        jax.tree.leaves(masked), jax.tree.leaves(stripped), jax.tree.leaves(by_map), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+    kernel = params["layers"][0]["kernel"][...]
+    assert float(jnp.mean(kernel == 0)) == 0.5
+    jp.check_pruned_zero(params, optimizer.opt_state)
+    assert "layers/0/kernel *" in jp.sparsity_table(params, masks)
+    # The pure-dict form of the state works too.
+    pure = nnx.to_pure_dict(params)
+    np.testing.assert_array_equal(
+        jp.apply_masks(pure, masks)["layers"][0]["kernel"], masked["layers"][0]["kernel"][...]
+    )
+
+
+# --- Fisher pruning with NaN signals -------------------------------------------------------
+
+
+def test_fisher_prune_removes_nothing_when_signals_are_nan():
+    masks = {"a": jnp.ones(3), "b": jnp.ones(2)}
+    signals = {"a": jnp.array([0.5, jnp.nan, 0.9]), "b": jnp.array([0.3, 0.1])}
+    out = jp.fisher_prune(signals, masks)
+    for k in masks:
+        np.testing.assert_array_equal(out[k], masks[k])
+    # A NaN signal of a removed feature does not matter.
+    masks = {"a": jnp.array([1.0, 0.0, 1.0]), "b": jnp.ones(2)}
+    out = jp.fisher_prune(signals, masks)
+    np.testing.assert_array_equal(out["b"], jnp.array([1.0, 0.0]))
+
+
+def test_fisher_pruning_skips_nan_turns_and_counts_them():
+    masks = {"h": jnp.ones(4)}
+    tx = jp.fisher_pruning(masks, frequency=1)
+    state = tx.init({})
+    nan_grads = {"h": jnp.full((2, 4), jnp.nan)}
+    _, state = tx.update({}, state, {}, mask_grads=nan_grads)
+    np.testing.assert_array_equal(state.channel_masks["h"], jnp.ones(4))
+    assert int(state.skipped_turns) == 1 and int(state.num_pruned) == 0
+    good = {"h": jnp.arange(8.0).reshape(2, 4) + 1.0}
+    tx2 = jp.fisher_pruning(masks, frequency=1)
+    _, s2 = tx2.update({}, tx2.init({}), {}, mask_grads=good)
+    assert int(s2.num_pruned) == 1 and int(s2.skipped_turns) == 0
+    assert math.isclose(float(jnp.sum(s2.channel_masks["h"])), 3.0)
