@@ -92,13 +92,21 @@ def np_owl(scores, sparsity, threshold, lam):
     return 1 - density
 
 
-def correlated_inputs(key, n, d_in):
-    """Inputs with correlated features of very different scales."""
-    k1, k2, k3 = jax.random.split(key, 3)
-    z = jax.random.normal(k1, (n, d_in))
-    mix = jnp.eye(d_in) + 0.5 * jax.random.normal(k2, (d_in, d_in)) / np.sqrt(d_in)
-    scales = jnp.exp(jax.random.normal(k3, (d_in,)))  # log-normal feature scales
-    return (z @ mix) * scales[None, :]
+def correlated_inputs(seed, n, d_in):
+    """Inputs with correlated features of very different (log-normal) scales."""
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((n, d_in))
+    mix = np.eye(d_in) + 0.5 * rng.standard_normal((d_in, d_in)) / np.sqrt(d_in)
+    scales = np.exp(rng.standard_normal(d_in))
+    return jnp.asarray((z @ mix) * scales[None, :], jnp.float32)
+
+
+def normal(seed, shape):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
+def uniform(seed, shape):
+    return jnp.asarray(np.random.default_rng(seed).uniform(size=shape), jnp.float32)
 
 
 # ----- Wanda -----
@@ -106,8 +114,8 @@ def correlated_inputs(key, n, d_in):
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.9])
 def test_wanda_matches_numpy(sparsity):
-    w = jax.random.normal(jax.random.key(0), (24, 7))
-    norms = jax.random.uniform(jax.random.key(1), (24,))
+    w = normal(0, (24, 7))
+    norms = uniform(1, (24,))
     mask = pt.wanda_mask(w, norms, sparsity)
     np.testing.assert_array_equal(np.asarray(mask), np_wanda(w, norms, sparsity))
     assert np.all(np.sum(~np.asarray(mask), axis=0) == int(24 * sparsity))
@@ -115,8 +123,8 @@ def test_wanda_matches_numpy(sparsity):
 
 @pytest.mark.parametrize("n_m", [(2, 4), (1, 4), (3, 8)])
 def test_wanda_nm_matches_numpy(n_m):
-    w = jax.random.normal(jax.random.key(2), (32, 5))
-    norms = jax.random.uniform(jax.random.key(3), (32,))
+    w = normal(2, (32, 5))
+    norms = uniform(3, (32,))
     mask = jax.jit(lambda w, n: pt.wanda_mask(w, n, n_m=n_m))(w, norms)
     np.testing.assert_array_equal(np.asarray(mask), np_wanda(w, norms, n_m=n_m))
 
@@ -130,8 +138,8 @@ def test_wanda_ties_lower_index_pruned_first():
 
 
 def test_wanda_bf16():
-    w = jax.random.normal(jax.random.key(4), (16, 3)).astype(jnp.bfloat16)
-    norms = jax.random.uniform(jax.random.key(5), (16,))
+    w = normal(4, (16, 3)).astype(jnp.bfloat16)
+    norms = uniform(5, (16,))
     mask = pt.wanda_mask(w, norms, 0.5)
     np.testing.assert_array_equal(np.asarray(mask), np_wanda(w.astype(jnp.float32), norms, 0.5))
 
@@ -140,14 +148,12 @@ def test_wanda_bf16():
 
 
 def _layer(seed, d_in, d_out, n=256):
-    x = correlated_inputs(jax.random.key(seed), n, d_in)
-    w = jax.random.normal(jax.random.key(seed + 1), (d_in, d_out))
-    return x, w
+    return correlated_inputs(seed, n, d_in), normal(seed + 1, (d_in, d_out))
 
 
 @pytest.mark.parametrize(
     "d_in, block_size, sparsity",
-    [(32, 8, 0.5), (40, 16, 0.6), (24, 128, 0.3), (30, 7, 0.5), (16, 4, 0.0)],
+    [(32, 8, 0.5), (30, 7, 0.6), (24, 128, 0.3), (32, 8, 0.0)],
 )
 def test_sparsegpt_matches_reference(d_in, block_size, sparsity):
     x, w = _layer(10, d_in, 12)
@@ -165,7 +171,7 @@ def test_sparsegpt_matches_reference(d_in, block_size, sparsity):
     assert np.all(np.asarray(new_w)[~ref_mask] == 0)
 
 
-@pytest.mark.parametrize("n_m, block_size", [((2, 4), 8), ((1, 4), 12), ((3, 8), 16)])
+@pytest.mark.parametrize("n_m, block_size", [((2, 4), 8), ((3, 8), 16)])
 def test_sparsegpt_nm_matches_reference(n_m, block_size):
     x, w = _layer(20, 48, 10)
     h = pt.hessian_from_inputs(x)
@@ -178,7 +184,7 @@ def test_sparsegpt_nm_matches_reference(n_m, block_size):
 
 
 def test_sparsegpt_dead_inputs():
-    x, w = _layer(30, 20, 6)
+    x, w = _layer(30, 32, 12)  # the shapes of a case above: no new compilation
     x = x.at[:, jnp.array([3, 11])].set(0.0)  # two inputs that never fire
     h = pt.hessian_from_inputs(x)
     new_w, mask = pt.sparsegpt_prune(w, h, 0.5, block_size=8)
@@ -216,7 +222,7 @@ def test_reconstruction_error_sparsegpt_below_wanda_below_magnitude():
 
 
 def test_hessian_from_inputs():
-    x = jax.random.normal(jax.random.key(0), (3, 5, 4)).astype(jnp.bfloat16)
+    x = normal(0, (3, 5, 4)).astype(jnp.bfloat16)
     x32 = np.asarray(x, np.float64).reshape(15, 4)
     np.testing.assert_allclose(np.asarray(pt.hessian_from_inputs(x)), 2 / 15 * x32.T @ x32, 1e-5)
 
@@ -225,9 +231,9 @@ def test_hessian_from_inputs():
 
 
 def test_owl_matches_numpy_equal_sizes():
-    keys = jax.random.split(jax.random.key(0), 4)
-    # Heavier tails in later layers: more outliers.
-    scores = [jnp.abs(jax.random.t(k, 1.0 + i, (40, 30))) for i, k in enumerate(keys)]
+    rng = np.random.default_rng(0)
+    # Heavier tails in earlier layers: more outliers.
+    scores = [np.abs(rng.standard_t(1.0 + i, (40, 30))) for i in range(4)]
     got = pt.owl_sparsities(scores, 0.7, threshold=3.0, lam=0.08)
     np.testing.assert_allclose(got, np_owl(scores, 0.7, 3.0, 0.08), rtol=1e-12)
     np.testing.assert_allclose(np.mean(got), 0.7, rtol=1e-12)
@@ -235,9 +241,9 @@ def test_owl_matches_numpy_equal_sizes():
 
 
 def test_owl_unequal_sizes_total_sparsity_is_target():
-    keys = jax.random.split(jax.random.key(1), 3)
+    rng = np.random.default_rng(1)
     shapes = [(10, 10), (50, 40), (20, 7)]
-    scores = [jnp.abs(jax.random.t(k, 1.0 + i, sh)) for i, (k, sh) in enumerate(zip(keys, shapes))]
+    scores = [np.abs(rng.standard_t(1.0 + i, sh)) for i, sh in enumerate(shapes)]
     got = pt.owl_sparsities(scores, 0.5, threshold=2.0, lam=0.1)
     np.testing.assert_allclose(got, np_owl(scores, 0.5, 2.0, 0.1), rtol=1e-12)
     sizes = np.array([np.prod(s) for s in shapes])

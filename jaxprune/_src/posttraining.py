@@ -253,16 +253,22 @@ def _upper_inverse_factor(h: Array, damping: float) -> tuple[Array, Array]:
     return jnp.triu(jnp.linalg.cholesky(hinv).T), dead
 
 
-def _sparsegpt_block(w1: Array, u1: Array, sparsity: float, n_m: Any) -> tuple[Array, ...]:
-    """One block of inputs, in the reference's (out, in) layout: (q1, err1, pruned1)."""
-    rows, count = w1.shape
+def _sparsegpt_block(
+    w1: Array, u1: Array, real: Array, kth: Array, sparsity: float, n_m: Any
+) -> tuple[Array, ...]:
+    """One block of inputs, in the reference's (out, in) layout: (q1, err1, pruned1).
+
+    ``real`` marks the block's real inputs (the last block is padded to ``block_size``);
+    ``kth`` is the reference's threshold index ``int(numel * sparsity)`` for this block.
+    """
     d = jnp.diagonal(u1)
-    if n_m is None:
-        score = w1**2 / d[None, :] ** 2
+    if n_m is None and sparsity > 0:
+        score = jnp.where(real[None, :], w1**2 / d[None, :] ** 2, jnp.inf)
         # The reference rule: every score <= the sorted score at int(numel * s) is pruned,
         # all output units of the block ranked together (ties at the threshold all pruned).
-        thresh = jnp.sort(score.ravel())[int(score.size * sparsity)]
-        pruned = score <= thresh if sparsity > 0 else jnp.zeros(score.shape, bool)
+        # Padding scores are +inf, after every real score, so the index is the same.
+        thresh = jnp.sort(score.ravel())[kth]
+        pruned = (score <= thresh) & real[None, :]
     else:
         pruned = jnp.zeros(w1.shape, bool)
 
@@ -292,7 +298,7 @@ def _sparsegpt_block(w1: Array, u1: Array, sparsity: float, n_m: Any) -> tuple[A
         return w1, q1, err1, pruned
 
     zeros = jnp.zeros_like(w1)
-    _, q1, err1, pruned = lax.fori_loop(0, count, step, (w1, zeros, zeros, pruned))
+    _, q1, err1, pruned = lax.fori_loop(0, w1.shape[1], step, (w1, zeros, zeros, pruned))
     return q1, err1, pruned
 
 
@@ -304,16 +310,36 @@ def _sparsegpt(
     u, dead = _upper_inverse_factor(h.astype(jnp.float32), damping)
     big = w.astype(jnp.float32).T  # the reference layout: (out, in)
     big = jnp.where(dead[None, :], 0.0, big)
-    cols = big.shape[1]
-    pruned_blocks = []
-    for i1 in range(0, cols, block_size):
-        i2 = min(i1 + block_size, cols)
-        q1, err1, pruned1 = _sparsegpt_block(big[:, i1:i2], u[i1:i2, i1:i2], sparsity, n_m)
-        rest = big[:, i2:] - jnp.matmul(err1, u[i1:i2, i2:], precision=_HIGHEST)
-        big = jnp.concatenate([big[:, :i1], q1, rest], axis=1)
-        pruned_blocks.append(pruned1)
-    pruned = jnp.concatenate(pruned_blocks, axis=1)
-    return big.T.astype(dtype), ~pruned.T
+    rows, cols = big.shape
+    bs = min(block_size, cols)
+    blocks = -(-cols // bs)
+    pad = blocks * bs - cols
+    # One scan over equal blocks (one compiled block body whatever the number of blocks).
+    # Padded inputs have U = identity there and weights 0: they never change a real input.
+    big = jnp.pad(big, ((0, 0), (0, pad)))
+    u = jnp.pad(u, ((0, pad), (0, pad))) + jnp.diag(jnp.arange(blocks * bs) >= cols)
+    real = (jnp.arange(blocks * bs) < cols).reshape(blocks, bs)
+    # The reference's threshold index int(numel * sparsity), computed in float64 per block.
+    kth = np.array(
+        [int(rows * (min(cols, i1 + bs) - i1) * sparsity) for i1 in range(0, cols, bs)], np.int32
+    )
+
+    def block(big, xs):
+        b, real_b, kth_b = xs
+        i1 = b * bs
+        w1 = lax.dynamic_slice_in_dim(big, i1, bs, axis=1)
+        u1 = lax.dynamic_slice(u, (i1, i1), (bs, bs))
+        q1, err1, pruned1 = _sparsegpt_block(w1, u1, real_b, kth_b, sparsity, n_m)
+        # Rows of U are 0 left of the block (upper triangular), and the block's own columns
+        # are overwritten by q1 next: only the later inputs change, as in the reference.
+        urows = lax.dynamic_slice_in_dim(u, i1, bs, axis=0)
+        big = big - jnp.matmul(err1, urows, precision=_HIGHEST)
+        big = lax.dynamic_update_slice_in_dim(big, q1, i1, axis=1)
+        return big, pruned1
+
+    big, pruned = lax.scan(block, big, (jnp.arange(blocks), real, jnp.asarray(kth)))
+    pruned = jnp.moveaxis(pruned, 0, 1).reshape(rows, blocks * bs)[:, :cols]
+    return big[:, :cols].T.astype(dtype), ~pruned.T
 
 
 def sparsegpt_prune(
