@@ -10,7 +10,8 @@ Two models with random-normal weights (He scaling), magnitude-pruned per layer w
 For each model, dtype (float32, bfloat16) and sparsity (50/80/90/95%) the script writes, in
 memory and in one process, ``jaxprune.save_sparse`` of the pruned params, ``np.savez_compressed``
 of the same params as dense arrays and ``np.savez`` uncompressed, checks that ``load_sparse``
-gives the params back bit for bit, and prints the sizes and the ratios
+gives the params back bit for bit, and prints the sizes (for ``save_sparse``, also the shares
+of its bytes spent on the non-zero values and on their positions) and the ratios
 ``savez_compressed / save_sparse`` and ``savez / save_sparse`` (bigger is better for
 ``save_sparse``). Random weights are the worst case for compression: trained weights whose
 pruned positions line up (dead inputs, whole rows) compress at least as well.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import io
 import platform
 import sys
+import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -82,7 +84,15 @@ def row(name: str, dtype: str, sparsity: float, params: dict) -> dict:
         if not np.array_equal(got, want):
             raise AssertionError(f"{name} {dtype} {sparsity}: load_sparse is not bit-exact")
     arrays = raw(pruned)
+    # What the file is made of: compressed bytes of the non-zero values, of their positions
+    # (bits or gaps) and of the leaves stored whole (biases).
+    with zipfile.ZipFile(f) as zf:
+        part = {"values": 0, "bits": 0, "gaps": 0, "dense": 0, "header": 0}
+        for info in zf.infolist():
+            part[info.filename.split("_")[0].removesuffix(".npy")] += info.compress_size
     return {
+        "values": part["values"],
+        "index": part["bits"] + part["gaps"],
         "model": name,
         "dtype": dtype,
         "sparsity": sparsity,
@@ -108,6 +118,7 @@ def main() -> None:
     print(f"jax {jax.__version__}, numpy {np.__version__}, Python {platform.python_version()}")
     head = (
         f"{'model':<20} {'dtype':<8} {'sparsity':>8} {'params':>8} {'save_sparse':>12} "
+        f"{'(values':>8} {'index)':>7} "
         f"{'savez_compr.':>12} {'savez':>10} {'compr./sparse':>13} {'savez/sparse':>12}"
     )
     print(head)
@@ -115,7 +126,8 @@ def main() -> None:
     for r in run():
         print(
             f"{r['model']:<20} {r['dtype']:<8} {r['sparsity']:>8.0%} {r['params']:>8,} "
-            f"{r['sparse'] / 1e3:>10.1f}kB {r['compressed'] / 1e3:>10.1f}kB "
+            f"{r['sparse'] / 1e3:>10.1f}kB {r['values'] / r['sparse']:>8.0%} "
+            f"{r['index'] / r['sparse']:>7.0%} {r['compressed'] / 1e3:>10.1f}kB "
             f"{r['savez'] / 1e3:>8.1f}kB {r['compressed'] / r['sparse']:>12.2f}x "
             f"{r['savez'] / r['sparse']:>11.2f}x"
         )
