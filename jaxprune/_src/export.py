@@ -219,9 +219,7 @@ def _positions_from_gaps(gaps: np.ndarray, size: int) -> np.ndarray:
     sums = np.cumsum(gaps, dtype=np.int64)
     covered = (int(sums[-1]) if gaps.size else 0) + ends.size
     if not 0 <= size - covered < 255:
-        raise ValueError(
-            f"corrupt jaxprune sparse file: the gaps cover {covered} entries of a leaf of {size}"
-        )
+        raise _corrupt(f"the gaps cover {covered} entries of a leaf of {size}")
     return sums[ends] + np.arange(ends.size)
 
 
