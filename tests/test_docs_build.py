@@ -25,7 +25,7 @@ def python_blocks(page):
     return [m.group(2) for m in _FENCE.finditer(text) if m.group(1).strip() == "python"]
 
 
-@pytest.mark.parametrize("page", ["frameworks.md", "checkpoints.md"])
+@pytest.mark.parametrize("page", ["frameworks.md", "checkpoints.md", "logging.md"])
 def test_page_runs(page, tmp_path, monkeypatch):
     blocks = python_blocks(page)
     assert blocks
