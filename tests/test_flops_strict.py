@@ -8,6 +8,8 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jax import lax
 
 import jaxprune
@@ -235,6 +237,36 @@ def test_a_few_trip_counts_by_hand():
     assert integer_trip_count(5, 5, 0, "lt", np.int32) == 0
 
 
+def _brute_force_trips(start, bound, step, op, dtype):
+    # Steps the counter in its own dtype; an 8-bit counter that has not stopped
+    # after 256 steps has repeated a value, so it never stops.
+    info = np.iinfo(dtype)
+    size = int(info.max) - int(info.min) + 1
+    wrap = lambda v: (v - int(info.min)) % size + int(info.min)  # noqa: E731
+    v = start
+    for n in range(size + 1):
+        if not _CMP[op](v, bound):
+            return n
+        v = wrap(v + step)
+    return None
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    dtype=st.sampled_from([np.int8, np.uint8]),
+    op=st.sampled_from(["lt", "le", "gt", "ge", "ne", "eq"]),
+    data=st.data(),
+)
+def test_integer_trip_count_matches_stepping_the_counter(dtype, op, data):
+    info = np.iinfo(dtype)
+    value = st.integers(int(info.min), int(info.max))
+    start, bound = data.draw(value), data.draw(value)
+    step = data.draw(st.integers(-300, 300))
+    assert integer_trip_count(start, bound, step, op, dtype) == _brute_force_trips(
+        start, bound, step, op, dtype
+    )
+
+
 def test_fori_loop_with_constant_bounds_lowered_to_while():
     def fn(x, lo, hi):
         return lax.fori_loop(jnp.int32(lo), jnp.int32(hi), lambda i, c: c * 2.0, x)
@@ -298,8 +330,13 @@ def _trained(norm=False):
     tx = optax.chain(optax.sgd(0.1), jaxprune.magnitude_pruning(jaxprune.constant_sparsity(0.75)))
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(B, 6)), jnp.float32)
-    grads = nnx.grad(lambda m: (m(x) ** 2).mean())(model)
-    optimizer.update(model, grads)
+
+    @nnx.jit  # one compilation instead of many eager ops
+    def step(model, optimizer, x):
+        grads = nnx.grad(lambda m: (m(x) ** 2).mean())(model)
+        optimizer.update(model, grads)
+
+    step(model, optimizer, x)
     return model, optimizer, x
 
 

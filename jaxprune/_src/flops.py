@@ -4,11 +4,18 @@
 cost for every equation that survives dead-code elimination, recursing into
 jit, custom_jvp/custom_vjp, remat/checkpoint, closed calls and shard_map, into
 ``scan`` (times its length), ``while`` (times its trip count when the counter
-starts, steps and stops at literals; otherwise one trip, listed in the report)
-and ``cond`` (the most expensive branch). :func:`flops_report` gives the same
+starts, steps and stops at constants) and ``cond`` (the most expensive
+branch). :func:`flops_report` gives the same
 count broken down per primitive and per module (the name stack, e.g. Flax's
 ``ResNet/Conv_0``, with ``jvp(...)``/``transpose(...)`` wrappers removed, so a
 gradient's backward ops are filed under the module they differentiate).
+
+Never silently wrong: an equation whose cost cannot be known (a ``while``
+whose trip count is not static, an opaque ``pure_callback``/``io_callback``/
+``ffi_call``, a primitive without a rule) makes :func:`count_flops` raise a
+``ValueError`` that names it, unless ``allow_unknown=True``; then dynamic
+loops count one trip, the others 0, and :attr:`FlopsReport.unknown` lists
+them.
 
 With channel masks (``channel_argnums``) or unstructured weight masks
 (``weight_masks``) the count is that of the pruned network, written as a
@@ -50,7 +57,8 @@ lowers each primitive to, checked against
   ``sort``: :math:`n \\lceil \\log_2 n \\rceil`.
 * Data movement (reshape, transpose, broadcast, slices, gather, pad,
   concatenate, ...) is free, as are ops whose results are never used.
-* Unknown primitives count 0 and are listed in the report.
+* Primitives without a rule and opaque calls are unknown (see above), except
+  ``debug_callback``/``debug_print``, which compute nothing of the result.
 
 Where the count departs from XLA's: XLA's cost analysis counts one trip of a
 ``while`` loop (a ``scan`` included) plus its loop-counter bookkeeping; this
@@ -429,6 +437,24 @@ def count_flops(
     ``True`` for leaves left dense); each ``dot_general`` or convolution that
     reads a masked parameter (through reshapes, transposes and dtype
     conversions) scales by its density :math:`\\operatorname{mean}(\\text{mask})`.
+    Weight masks are matched to the argument's leaves by ``/``-joined leaf path
+    (flax.nnx ``Variable`` wrappers read as their values), not by tree type, so
+    ``jaxprune.get_masks(optimizer.opt_state)`` of an
+    ``nnx.Optimizer(model, tx, wrt=nnx.Param)`` matches
+    ``nnx.state(model, nnx.Param)`` or the state of ``nnx.split(model)``; leaves
+    held in nnx Variables other than ``Param`` (batch statistics, RNG state)
+    need no mask.
+
+    **Unknown costs.** A ``while`` loop whose trip count is not static (its
+    counter must start at a constant and step by a constant until it compares
+    false with a constant; integer counters wrap around as on the device), an
+    opaque call (``pure_callback``, ``io_callback``, ``ffi_call``) or, under the
+    ``"xla"`` convention, a primitive without a cost rule has a cost the count
+    cannot know: it raises a ``ValueError`` naming the primitive and its module.
+    With ``allow_unknown=True`` it returns the count of the rest, with such a
+    loop's body and test counted once (XLA's own cost analysis does the same)
+    and opaque calls and rule-less primitives counted 0; :func:`flops_report`
+    lists them in :attr:`FlopsReport.unknown`.
 
     Positional ``args`` are traced (arrays or :class:`jax.ShapeDtypeStruct`);
     keyword ``kwargs`` are passed through unchanged, so they may be static
@@ -446,7 +472,10 @@ def count_flops(
       channel_argnums: an int or ints: the positional arguments that hold
         channel masks.
       weight_masks: ``None``, or a tuple with one entry per positional
-        argument: ``None`` or a tree of unstructured weight masks.
+        argument: ``None`` or a tree of unstructured weight masks with the
+        argument's leaf paths.
+      allow_unknown: ``False`` (default) raises on an equation whose cost is
+        unknown; ``True`` counts what can be counted (see above).
       **kwargs: keyword arguments of ``fn``.
 
     Returns:
@@ -456,11 +485,13 @@ def count_flops(
     Raises:
       TypeError: if ``fn`` is not callable or an option has the wrong type.
       ValueError: if ``convention`` or ``conv_taps`` is not an allowed value; if
-        a channel mask is not 1-D or multiplies no activation or kernel; if a
-        weight mask's shape differs from its parameter's or the parameter feeds
-        no contraction; if masked features reach an op the count cannot follow
-        (a loop, a gather, a reshape that splits the masked axis, a grouped
-        convolution other than depthwise, ...).
+        ``fn`` holds an equation whose cost is unknown and ``allow_unknown`` is
+        ``False``; if a channel mask is not 1-D or multiplies no activation or
+        kernel; if a weight mask's path is not a leaf of its argument, a leaf
+        has no mask, a mask's shape differs from its parameter's, or the
+        parameter feeds no contraction; if masked features reach an op the
+        count cannot follow (a loop, a gather, a reshape that splits the masked
+        axis, a grouped convolution other than depthwise, ...).
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -482,6 +513,20 @@ def count_flops(
       >>> cost = lambda m: count_flops(net, x, w, w2, m, channel_argnums=3)
       >>> jax.grad(cost)(m.astype(jnp.float32))[0]  # one feature: 2*8*32 + 8 + 2*8*4
       Array(584., dtype=float32)
+
+      A loop whose trip count depends on an argument cannot be counted exactly:
+
+      >>> def loop(x, n):
+      ...     return jax.lax.fori_loop(0, n, lambda i, c: c * 2.0, x)
+      >>> try:
+      ...     count_flops(loop, x, 3)
+      ... except ValueError as e:
+      ...     print("'while'" in str(e), "allow_unknown=True" in str(e))
+      True True
+      >>> count_flops(loop, x, 3, allow_unknown=True)  # one trip: i + 1, 8*32; one test
+      258
+      >>> count_flops(lambda x: loop(x, 3), x)  # Python int bounds: 3 trips of 8*32
+      768
     """
     _check_options(fn, convention, conv_taps, allow_unknown)
     closed = _trace(fn, args, kwargs)
@@ -512,21 +557,38 @@ def flops_report(
     dense and the pruned counts (as floats: call it outside ``jax.jit`` and
     ``jax.grad``, with concrete masks).
 
+    Unlike :func:`count_flops`, ``allow_unknown`` defaults to ``True`` here: the
+    report says what it could not count (:attr:`FlopsReport.unknown`, also
+    ``dynamic_loops`` and ``unknown_primitives``, and the last lines of its
+    table), and :attr:`FlopsReport.exact` is ``False``. Pass
+    ``allow_unknown=False`` to raise instead.
+
     Returns:
       A :class:`FlopsReport`.
 
     Raises:
       TypeError: as :func:`count_flops`.
-      ValueError: as :func:`count_flops`.
+      ValueError: as :func:`count_flops` (unknown costs only with
+        ``allow_unknown=False``).
 
     Examples:
-      >>> import jax.numpy as jnp
+      >>> import jax, jax.numpy as jnp
       >>> from jaxprune._src.flops import flops_report
       >>> r = flops_report(lambda x: jnp.exp(x @ x.T).sum(), jnp.ones((4, 8)))
       >>> r.flops, r.transcendentals  # 2*4*4*8 + (16 - 1)
       (271, 16)
       >>> r.by_primitive["dot_general"]
       (256, 0)
+      >>> r.exact
+      True
+
+      A loop with a data-dependent test: one trip counted, and the report says so.
+
+      >>> def grow(x):
+      ...     return jax.lax.while_loop(lambda c: c[0, 0] < 9.0, lambda c: c * 2.0, x)
+      >>> r = flops_report(grow, jnp.ones((4, 8)))
+      >>> r.flops, r.exact, [(u.primitive, u.module) for u in r.unknown]  # 32 + 1
+      (33, False, [('while', '<top>')])
     """
     _check_options(fn, convention, conv_taps, allow_unknown)
     closed = _trace(fn, args, kwargs)
