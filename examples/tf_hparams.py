@@ -87,6 +87,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--steps must be at least 1, got {args.steps}")
     try:
         args.config = PruningConfig.parse(args.pruning_hparams)
+        # Built here so that the checks that need the whole config (a weight_sparsity_map
+        # value that would prune a weight entirely) are usage errors too.
+        args.pruner = pruning_from_config(args.config)
     except ValueError as e:
         parser.error(f"--pruning_hparams: {e}")
     return args
@@ -105,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     # Compiled, init builds all the parameters in one program instead of op by op.
     params = jax.jit(model.init)(init_key, x_train[:1])
     # The pruner goes last: it rewrites the final updates so pruned weights become exactly 0.
-    tx = optax.chain(optax.adam(LEARNING_RATE), pruning_from_config(config))
+    tx = optax.chain(optax.adam(LEARNING_RATE), args.pruner)
     opt_state = jax.jit(tx.init)(params)
 
     @jax.jit
