@@ -1,11 +1,14 @@
 """Tests for one-shot post-training pruning: Wanda, SparseGPT, OWL and the model runner."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jaxprune._src import posttraining as pt
+from jaxprune._src.masks import magnitude_mask
+from jaxprune._src.posttraining_runner import prune_oneshot
 
 # ----- references, written directly from the papers' reference code (PyTorch layout) -----
 
@@ -206,8 +209,6 @@ def test_sparsegpt_bf16_in_bf16_out():
 
 
 def test_reconstruction_error_sparsegpt_below_wanda_below_magnitude():
-    from jaxprune._src.masks import magnitude_mask
-
     d_in, d_out = 64, 32
     x, w = _layer(50, d_in, d_out, n=512)
     s = 0.5
@@ -297,3 +298,218 @@ def test_bad_inputs():
         pt.owl_sparsities([jnp.ones(10), jnp.r_[jnp.ones(9), 100.0]], 0.05, lam=0.1)
     with pytest.raises(ValueError, match="NaN or inf"):
         pt.owl_sparsities([jnp.array([1.0, jnp.nan])], 0.5)
+
+
+# ----- the model-level runner -----
+
+
+class _MLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Dense(16)(x))
+        return nn.Dense(8)(x)
+
+
+def _mlp_setup():
+    batches = [correlated_inputs(60 + i, 32, 12) for i in range(2)]
+    params = _MLP().init(jax.random.key(0), batches[0])
+    return params, batches
+
+
+def _by_hand(p, batches, method, sparsity, sequential, n_m=None):
+    """The two layers pruned by calling the layer functions on inputs computed by hand."""
+    p = jax.tree.map(lambda x: x, p)
+    dense = jax.tree.map(lambda x: x, p)
+    layer = p["params"]
+    masks = {}
+    for name in ("Dense_0", "Dense_1"):
+        src = layer if sequential else dense["params"]
+        xs = []
+        for x in batches:
+            h = x
+            if name == "Dense_1":
+                h = jax.nn.relu(x @ src["Dense_0"]["kernel"] + src["Dense_0"]["bias"][None, :])
+            xs.append(h)
+        x = jnp.concatenate(xs)
+        w = layer[name]["kernel"]
+        if method == "wanda":
+            mask = pt.wanda_mask(w, jnp.linalg.norm(x, axis=0), sparsity, n_m=n_m)
+            new = jnp.where(mask, w, 0.0)
+        else:
+            new, mask = pt.sparsegpt_prune(w, pt.hessian_from_inputs(x), sparsity, n_m=n_m)
+        layer = {**layer, name: {**layer[name], "kernel": new}}
+        masks[name] = mask
+    return layer, masks
+
+
+@pytest.mark.parametrize(
+    "method, sequential, sparsity, n_m",
+    [
+        ("wanda", True, 0.5, None),
+        ("sparsegpt", True, 0.6, None),
+        ("sparsegpt", False, None, (2, 4)),
+    ],
+)
+def test_runner_linen_matches_layer_functions(method, sequential, sparsity, n_m):
+    params, batches = _mlp_setup()
+    got, masks = prune_oneshot(
+        _MLP().apply,
+        params,
+        batches,
+        method=method,
+        sparsity=sparsity,
+        n_m=n_m,
+        sequential=sequential,
+    )
+    want, want_masks = _by_hand(params, batches, method, sparsity, sequential, n_m)
+    for name in ("Dense_0", "Dense_1"):
+        np.testing.assert_array_equal(
+            np.asarray(masks["params"][name]["kernel"]), np.asarray(want_masks[name])
+        )
+        np.testing.assert_allclose(
+            np.asarray(got["params"][name]["kernel"]),
+            np.asarray(want[name]["kernel"]),
+            rtol=1e-4,
+            atol=1e-5,
+        )
+        assert got["params"][name]["bias"] is params["params"][name]["bias"]
+        assert masks["params"][name]["bias"].shape == ()
+
+
+def test_runner_plain_dict_transposed_and_magnitude():
+    """A plain function with one (out, in) weight, read through a transpose."""
+    params, batches = _mlp_setup()
+    plain = {
+        "a": params["params"]["Dense_0"]["kernel"],
+        "b": params["params"]["Dense_1"]["kernel"].T,  # (out, in): the layout of Equinox
+        "scale": jnp.ones(16),
+    }
+
+    def fn(p, x):
+        return jax.nn.relu(x @ p["a"]) * p["scale"][None, :] @ p["b"].T
+
+    got, masks = prune_oneshot(fn, plain, batches, method="wanda", sparsity=0.25)
+    x1 = jnp.concatenate(batches)
+    m_a = pt.wanda_mask(plain["a"], jnp.linalg.norm(x1, axis=0), 0.25)
+    h = jax.nn.relu(x1 @ jnp.where(m_a, plain["a"], 0.0))
+    m_b = pt.wanda_mask(plain["b"].T, jnp.linalg.norm(h, axis=0), 0.25).T
+    np.testing.assert_array_equal(np.asarray(masks["a"]), np.asarray(m_a))
+    np.testing.assert_array_equal(np.asarray(masks["b"]), np.asarray(m_b))
+    assert np.all(np.asarray(got["b"])[~np.asarray(m_b)] == 0)
+
+    got, masks = prune_oneshot(fn, plain, batches, method="magnitude", sparsity=0.7)
+    for k in ("a", "b"):
+        np.testing.assert_array_equal(
+            np.asarray(masks[k]), np.asarray(magnitude_mask(plain[k], 0.7))
+        )
+    assert masks["scale"].shape == () and got["scale"] is plain["scale"]
+
+
+def test_runner_layers_rule_and_owl():
+    params, batches = _mlp_setup()
+    _, masks = prune_oneshot(
+        _MLP().apply, params, batches, method="wanda", sparsity=0.5, layers="Dense_1"
+    )
+    assert masks["params"]["Dense_0"]["kernel"].shape == ()
+    assert masks["params"]["Dense_1"]["kernel"].shape == (16, 8)
+    # OWL: the per-layer sparsities are owl_sparsities of the dense model's Wanda scores.
+    _, masks = prune_oneshot(
+        _MLP().apply,
+        params,
+        batches,
+        method="wanda",
+        sparsity=0.5,
+        owl=True,
+        owl_threshold=2.0,
+        owl_lam=0.1,
+        sequential=False,
+    )
+    x1 = jnp.concatenate(batches)
+    p = params["params"]
+    h = jax.nn.relu(x1 @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"][None, :])
+    scores = [
+        jnp.abs(p["Dense_0"]["kernel"]) * jnp.linalg.norm(x1, axis=0)[:, None],
+        jnp.abs(p["Dense_1"]["kernel"]) * jnp.linalg.norm(h, axis=0)[:, None],
+    ]
+    want = pt.owl_sparsities(scores, 0.5, threshold=2.0, lam=0.1)
+    for name, s, n_in in zip(("Dense_0", "Dense_1"), want, (12, 16)):
+        pruned_per_unit = np.sum(~np.asarray(masks["params"][name]["kernel"]), axis=0)
+        assert np.all(pruned_per_unit == int(n_in * s))
+
+
+def test_runner_refusals():
+    params, batches = _mlp_setup()
+    apply = _MLP().apply
+    with pytest.raises(ValueError, match="matches no linear layer"):
+        prune_oneshot(apply, params, batches, method="wanda", layers="Conv")
+    with pytest.raises(ValueError, match="m=5 must divide the 12 inputs"):
+        prune_oneshot(apply, params, batches, method="wanda", n_m=(1, 5))
+    with pytest.raises(ValueError, match="owl=True .* n_m"):
+        prune_oneshot(apply, params, batches, method="wanda", n_m=(2, 4), owl=True)
+    with pytest.raises(ValueError, match=r"method must be one of"):
+        prune_oneshot(apply, params, batches, method="obs")
+    with pytest.raises(ValueError, match=r"calibration_batches\[1\] has NaN"):
+        prune_oneshot(apply, params, [batches[0], batches[1].at[0, 0].set(jnp.nan)])
+    with pytest.raises(ValueError, match="calibration_batches is empty"):
+        prune_oneshot(apply, params, [])
+
+    tied = {"emb": normal(0, (10, 6)), "w": normal(1, (6, 6))}
+
+    def lm(p, tokens):
+        h = p["emb"][tokens] @ p["w"]
+        return h @ p["emb"].T  # tied head
+
+    tokens = jnp.arange(8) % 10
+    with pytest.raises(ValueError, match=r"'emb' is read by 2 operations .*tied"):
+        prune_oneshot(lm, tied, [tokens], method="wanda")
+    _, masks = prune_oneshot(lm, tied, [tokens], method="wanda", layers="^w$")
+    assert masks["w"].shape == (6, 6) and masks["emb"].shape == ()
+
+    def rnn(p, x):
+        return jax.lax.scan(lambda c, _: (jnp.tanh(c @ p["w"]), None), x, None, length=3)[0]
+
+    with pytest.raises(ValueError, match=r"'w' is read inside a scan"):
+        prune_oneshot(rnn, {"w": normal(2, (6, 6))}, [normal(3, (4, 6))], method="sparsegpt")
+
+
+def test_runner_nnx_and_equinox():
+    """NNX through nnx.split/merge and Equinox ((out, in) weights under vmap), no hooks."""
+    import equinox as eqx
+    from flax import nnx
+
+    x = correlated_inputs(70, 32, 12)
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.l1 = nnx.Linear(12, 16, rngs=rngs)
+            self.l2 = nnx.Linear(16, 8, rngs=rngs)
+
+        def __call__(self, x):
+            return self.l2(nnx.relu(self.l1(x)))
+
+    graphdef, state = nnx.split(Net(nnx.Rngs(0)))
+
+    def apply(state, x):
+        return nnx.merge(graphdef, state)(x)
+
+    _, masks = prune_oneshot(apply, state, [x], method="sparsegpt", sparsity=0.5)
+    k1, k2 = state["l1"]["kernel"][...], state["l2"]["kernel"][...]
+    b1 = state["l1"]["bias"][...]
+    new1, m1 = pt.sparsegpt_prune(k1, pt.hessian_from_inputs(x), 0.5)
+    _, m2 = pt.sparsegpt_prune(k2, pt.hessian_from_inputs(jax.nn.relu(x @ new1 + b1[None, :])), 0.5)
+    np.testing.assert_array_equal(np.asarray(masks["l1"]["kernel"][...]), np.asarray(m1))
+    np.testing.assert_array_equal(np.asarray(masks["l2"]["kernel"][...]), np.asarray(m2))
+
+    mlp = eqx.nn.MLP(12, 8, 16, depth=1, key=jax.random.key(0))
+    params, static = eqx.partition(mlp, eqx.is_array)
+
+    def eqx_apply(params, x):
+        return jax.vmap(eqx.combine(params, static))(x)
+
+    _, masks = prune_oneshot(eqx_apply, params, [x], method="wanda", sparsity=0.5)
+    w1 = mlp.layers[0].weight  # (out, in)
+    np.testing.assert_array_equal(
+        np.asarray(masks.layers[0].weight),
+        np.asarray(pt.wanda_mask(w1.T, jnp.linalg.norm(x, axis=0), 0.5).T),
+    )
+    assert masks.layers[1].weight.shape == (8, 16) and masks.layers[0].bias.shape == ()
