@@ -15,7 +15,7 @@ from jax import lax
 import jaxprune
 from jaxprune._src.accessors import flat_leaves
 from jaxprune._src.flops import UnknownEquation, count_flops, flops_report
-from jaxprune._src.flops_walk import integer_trip_count
+from jaxprune._src.flops_walk import float_trip_count, integer_trip_count
 
 X = jnp.ones((4,))
 
@@ -235,6 +235,10 @@ def test_a_few_trip_counts_by_hand():
     assert integer_trip_count(0, 7, 2, "ne", np.int8) is None  # odd bound, even steps
     assert integer_trip_count(0, 5, 0, "lt", np.int32) is None  # never moves
     assert integer_trip_count(5, 5, 0, "lt", np.int32) == 0
+    assert integer_trip_count(7, -8, 1, "ne", jnp.int4) == 1  # 7 + 1 wraps to -8
+    # bfloat16 counts 0, 1, ..., 256, then 256 + 1 rounds back to 256 for ever.
+    assert float_trip_count(0.0, 200.0, 1.0, "lt", jnp.bfloat16) == 200
+    assert float_trip_count(0.0, 300.0, 1.0, "lt", jnp.bfloat16) is None
 
 
 def _brute_force_trips(start, bound, step, op, dtype):

@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import DropVar, Literal
 
@@ -107,7 +108,7 @@ def integer_trip_count(start: int, bound: int, step: int, op: str, dtype) -> int
     comparisons are signed or unsigned as the dtype is. Returns ``None`` when the
     loop never ends.
     """
-    info = np.iinfo(dtype)
+    info = jnp.iinfo(dtype)
     lo, hi = int(info.min), int(info.max)
     size = hi - lo + 1
     s = step % size
@@ -220,9 +221,9 @@ def static_trip_count(eqn) -> int | None:
         return None
     dtype = np.dtype(counter_in.aval.dtype)
     try:
-        if np.issubdtype(dtype, np.integer):
+        if jnp.issubdtype(dtype, jnp.integer):
             return integer_trip_count(int(init.val), int(bound), int(step), op, dtype)
-        if np.issubdtype(dtype, np.floating) or dtype.kind == "V":
+        if jnp.issubdtype(dtype, jnp.floating):
             return float_trip_count(init.val, bound, step, op, dtype)
     except (TypeError, ValueError, OverflowError):
         return None
