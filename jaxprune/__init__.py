@@ -7,12 +7,17 @@ schedule inside any jit-compiled training loop.
 # The public API is re-exported one name per line (isort would merge them).
 # ruff: noqa: I001
 
+from jaxprune._src.acdc import ACDCState
+from jaxprune._src.acdc import acdc
 from jaxprune._src.accessors import get_masked_weights
 from jaxprune._src.accessors import get_thresholds
 from jaxprune._src.accessors import get_weight_sparsity
 from jaxprune._src.accessors import get_weights
 from jaxprune._src.accessors import pruning_summaries
 from jaxprune._src.config import PruningConfig
+from jaxprune._src.config import PruningConfigWarning
+from jaxprune._src.distributions import erk_sparsities
+from jaxprune._src.distributions import uniform_sparsities
 from jaxprune._src.export import load_sparse
 from jaxprune._src.export import save_sparse
 from jaxprune._src.export import strip
@@ -40,12 +45,16 @@ from jaxprune._src.nn import ChannelMaskVariable
 from jaxprune._src.nn import NNXChannelMask
 from jaxprune._src.oneshot import prune_units
 from jaxprune._src.oneshot import prune_weights
+from jaxprune._src.random_pruning import RandomPruningState
+from jaxprune._src.random_pruning import random_pruning
 from jaxprune._src.schedules import ConstantSparsity
 from jaxprune._src.spec import default_rule
 from jaxprune._src.schedules import OptaxSparsity
 from jaxprune._src.schedules import PolynomialDecay
 from jaxprune._src.schedules import PruningSchedule
+from jaxprune._src.schedules import TfmotSchedule
 from jaxprune._src.schedules import constant_sparsity
+from jaxprune._src.schedules import from_tfmot
 from jaxprune._src.schedules import polynomial_decay
 from jaxprune._src.schedules import schedule_from_optax
 from jaxprune._src.structured import BlockSparsity
@@ -66,6 +75,7 @@ from jaxprune._src.transform import magnitude_pruning
 __version__ = "0.1.0"
 
 __all__ = [
+    "ACDCState",
     "BlockSparsity",
     "ChannelMask",
     "ChannelMaskVariable",
@@ -78,16 +88,21 @@ __all__ = [
     "NNXChannelMask",
     "OptaxSparsity",
     "PolynomialDecay",
-    "PruningConfig",
     "PrunedWeightsNotZeroError",
+    "PruningConfig",
+    "PruningConfigWarning",
     "PruningSchedule",
+    "RandomPruningState",
+    "TfmotSchedule",
     "UnitSparsity",
+    "acdc",
     "apply_masks",
     "block_mask",
     "check_pruned_zero",
     "constant_sparsity",
     "count_flops",
     "default_rule",
+    "erk_sparsities",
     "extend_masks",
     "fisher_batch_signals",
     "fisher_prune",
@@ -95,6 +110,7 @@ __all__ = [
     "fisher_signals",
     "fisher_value_and_grad",
     "flops_report",
+    "from_tfmot",
     "get_masked_weights",
     "get_masks",
     "get_pruning_state",
@@ -113,12 +129,14 @@ __all__ = [
     "prune_weights",
     "pruning_from_config",
     "pruning_summaries",
+    "random_pruning",
     "save_sparse",
     "schedule_from_optax",
     "sparsity_summary",
     "sparsity_table",
     "strip",
     "to_bcoo",
+    "uniform_sparsities",
     "unit_mask",
     "update_fisher_signals",
 ]
