@@ -33,6 +33,7 @@ from jaxprune._src.fisher import mask_channels
 from jaxprune._src.fisher import per_example_mask_grads
 from jaxprune._src.fisher import update_fisher_signals
 from jaxprune._src.flops import FlopsReport
+from jaxprune._src.flops import UnknownEquation
 from jaxprune._src.flops import count_flops
 from jaxprune._src.flops import flops_report
 from jaxprune._src.legacy import LegacyPruningState
@@ -95,6 +96,7 @@ __all__ = [
     "RandomPruningState",
     "TfmotSchedule",
     "UnitSparsity",
+    "UnknownEquation",
     "acdc",
     "apply_masks",
     "block_mask",
