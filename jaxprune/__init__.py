@@ -49,6 +49,19 @@ from jaxprune._src.oneshot import prune_weights
 from jaxprune._src.random_pruning import RandomPruningState
 from jaxprune._src.random_pruning import random_pruning
 from jaxprune._src.schedules import ConstantSparsity
+from jaxprune._src.sparse_core import SparseAlgorithm
+from jaxprune._src.sparse_core import SparseMaskState
+from jaxprune._src.sparse_core import SparseState
+from jaxprune._src.sparse_core import masked_params
+from jaxprune._src.sparse_core import sparse
+from jaxprune._src.sparse_dst import rigl
+from jaxprune._src.sparse_dst import set_training
+from jaxprune._src.sparse_dst import static_sparse
+from jaxprune._src.sparse_ste import MovementPruningState
+from jaxprune._src.sparse_ste import magnitude_ste
+from jaxprune._src.sparse_ste import movement_pruning
+from jaxprune._src.sparse_ste import random_ste
+from jaxprune._src.sparse_ste import saliency_pruning
 from jaxprune._src.spec import default_rule
 from jaxprune._src.schedules import OptaxSparsity
 from jaxprune._src.schedules import PolynomialDecay
@@ -85,6 +98,7 @@ __all__ = [
     "FlopsReport",
     "LegacyPruningState",
     "MagnitudePruningState",
+    "MovementPruningState",
     "NMSparsity",
     "NNXChannelMask",
     "OptaxSparsity",
@@ -94,6 +108,9 @@ __all__ = [
     "PruningConfigWarning",
     "PruningSchedule",
     "RandomPruningState",
+    "SparseAlgorithm",
+    "SparseMaskState",
+    "SparseState",
     "TfmotSchedule",
     "UnitSparsity",
     "UnknownEquation",
@@ -123,7 +140,10 @@ __all__ = [
     "load_sparse",
     "magnitude_mask",
     "magnitude_pruning",
+    "magnitude_ste",
     "mask_channels",
+    "masked_params",
+    "movement_pruning",
     "nm_mask",
     "per_example_mask_grads",
     "polynomial_decay",
@@ -132,10 +152,16 @@ __all__ = [
     "pruning_from_config",
     "pruning_summaries",
     "random_pruning",
+    "random_ste",
+    "rigl",
+    "saliency_pruning",
     "save_sparse",
     "schedule_from_optax",
+    "set_training",
+    "sparse",
     "sparsity_summary",
     "sparsity_table",
+    "static_sparse",
     "strip",
     "to_bcoo",
     "uniform_sparsities",
