@@ -238,45 +238,65 @@ def test_file_names_and_file_objects(tmp_path):
 
 # ----- dtypes -----
 
-FLOATS = [jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64] + [
+# Every dtype jax has: numpy's, and the ml_dtypes ones (bfloat16, float8/6/4, int4/2, ...).
+ML_DTYPES = [
     getattr(jnp, n)
-    for n in (
-        "float8_e4m3fn",
-        "float8_e5m2",
-        "float8_e4m3fnuz",
-        "float8_e5m2fnuz",
-        "float8_e4m3b11fnuz",
-    )
-    if hasattr(jnp, n)
+    for n in dir(jnp)
+    if n.startswith(("float8_", "float6_", "float4_", "int4", "uint4", "int2", "uint2"))
 ]
+FLOATS = [jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64]
 OTHERS = [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64]
 OTHERS += [np.bool_, np.complex64, np.complex128]
 
 
-@pytest.mark.parametrize("dtype", FLOATS + OTHERS, ids=lambda d: np.dtype(d).name)
+def bit_width(dtype):
+    if dtype == np.bool_:
+        return 1
+    if dtype.kind != "V":
+        return 8 * dtype.itemsize
+    info = jnp.finfo(dtype) if jnp.issubdtype(dtype, jnp.floating) else jnp.iinfo(dtype)
+    return min(info.bits, 8 * dtype.itemsize)
+
+
+def test_the_dtype_list_has_the_ml_dtypes():
+    names = {np.dtype(d).name for d in ML_DTYPES}
+    assert {"float8_e4m3fn", "float8_e5m2", "int4", "float4_e2m1fn"} <= names
+
+
+@pytest.mark.parametrize("dtype", FLOATS + ML_DTYPES + OTHERS, ids=lambda d: np.dtype(d).name)
 def test_every_accepted_dtype_round_trips_bit_exact(dtype):
     dtype = np.dtype(dtype)
     rng = np.random.default_rng(3)
 
     def random_bits(shape):
         raw = rng.integers(0, 256, size=(*shape, dtype.itemsize), dtype=np.uint8)
-        if dtype == np.bool_:
-            raw &= 1
+        if bit_width(dtype) < 8:  # bool, int4, float4_e2m1fn, ...: the low bits of a byte
+            raw &= (1 << bit_width(dtype)) - 1
         return raw.view(dtype).reshape(shape)  # every bit pattern: NaN payloads, inf, -0.0
 
     dense = random_bits((7, 9))
     mostly_zero = np.where(rng.random((40, 50)) < 0.05, random_bits((40, 50)), dtype.type(0))
     params = {"dense": dense, "sparse": mostly_zero, "scalar": random_bits(()), "empty": dense[:0]}
     loaded = load_sparse(saved(params), like=params)
-    zero = np.zeros((), dtype)
-    for key, x in params.items():
-        # Zeros are not stored for floats: -0.0 comes back as +0.0, every other pattern as is.
-        want = np.where(x == 0, zero, x) if dtype.kind in "fV" else x
-        assert_bit_exact(loaded[key], want)
-        assert loaded[key].flags.writeable
     header, _ = members(saved(params))
     kinds = {e["path"]: e["kind"] for e in header["leaves"]}
-    assert kinds["sparse"] == ("dense" if dtype.kind in "biuc" else "gaps")
+    floating = jnp.issubdtype(dtype, jnp.floating)
+    assert kinds["sparse"] == ("gaps" if floating and np.mean(mostly_zero == 0) > 0.5 else "dense")
+    zero = np.zeros((), dtype)
+    for key, x in params.items():
+        # A leaf stored sparse keeps no zeros: its -0.0 comes back as +0.0. Every other bit
+        # pattern comes back as it is.
+        want = x if kinds[key] == "dense" else np.where(x == 0, zero, x)
+        assert_bit_exact(loaded[key], want)
+        assert loaded[key].flags.writeable
+
+
+def test_sub_byte_values_are_saved_in_their_one_byte_pattern():
+    # ml_dtypes reads any byte as an int4 (0xF7 as 7); the file holds the canonical 0x07.
+    x = np.array([0x00, 0xF7, 0x13, 0x0F], np.uint8).view(jnp.int4)
+    loaded = load_sparse(saved({"q": x}))["q"]
+    assert loaded.astype(np.int32).tolist() == x.astype(np.int32).tolist() == [0, 7, 3, -1]
+    assert loaded.view(np.uint8).tolist() == [0x00, 0x07, 0x03, 0x0F]
 
 
 @pytest.mark.parametrize(
@@ -441,6 +461,12 @@ def hostile_files():
     yield "zero among values", [leaf("bitmap")], zeros, "zeros among its non-zero values"
     bools = {"dense_0": u8(b"\x00\x01\x02\x01")}
     yield "bools not 0/1", [leaf("dense", (4,), "bool")], bools, "bools other than 0 and 1"
+    yield (
+        "int4 byte out of range",
+        [leaf("dense", (4,), "int4")],
+        bools | {"dense_0": u8(b"\x00\x01\xf7\x01")},
+        "bytes that are no int4 value",
+    )
     two = {**dn, "dense_1": dn["dense_0"]}
     yield "duplicate paths", [leaf("dense"), leaf("dense")], two, "two leaves have the path 'w'"
     yield "unknown kind", [leaf("sparse")], bm, "unknown kind 'sparse'"

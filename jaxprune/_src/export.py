@@ -189,6 +189,20 @@ def _unsupported(dtype: np.dtype) -> str | None:
     return None if known else "a void dtype jax does not know by name"
 
 
+def _sub_byte(dtype: np.dtype) -> bool:
+    """Whether ``dtype`` uses fewer bits than its bytes hold (int4, float4_e2m1fn, ...)."""
+    if dtype.kind != "V":
+        return False
+    info = jnp.finfo(dtype) if jnp.issubdtype(dtype, jnp.floating) else jnp.iinfo(dtype)
+    return info.bits < 8 * dtype.itemsize
+
+
+def _canonical(x: np.ndarray) -> np.ndarray:
+    # A sub-byte value has one byte pattern (its bits, the rest zero) but ml_dtypes reads any
+    # byte: a round trip through float32, exact for these small types, rewrites the pattern.
+    return x.astype(np.float32).astype(x.dtype)
+
+
 def _planes(a: np.ndarray) -> np.ndarray:
     # Byte planes: the first byte of every value, then the second, ... Deflate then sees the
     # sign and exponent bytes side by side, which repeat a lot (10-15% smaller for float32);
@@ -286,9 +300,10 @@ def save_sparse(file: str | os.PathLike | io.IOBase, params: Params) -> None:
     leaf's ``/``-joined path, shape, dtype and encoding (format version 2). At 90% sparsity a
     float32 weight costs ``0.1·4`` bytes of values (about 10% less once deflated) and, once
     deflated, close to the mask's entropy ``H(0.1)/8 ≈ 0.06`` bytes for the positions, against
-    4 bytes dense. Loading (:func:`load_sparse`) is
-    bit-exact, NaN payloads included, except that zeros are not stored: ``-0.0`` loads as
-    ``+0.0``. A leaf with a non-native byte order is saved (and loads) in the native one.
+    4 bytes dense. Loading (:func:`load_sparse`) is bit-exact, NaN payloads included, except
+    that the zeros of a leaf stored sparse are not stored: a ``-0.0`` there loads as ``+0.0``.
+    A leaf with a non-native byte order is saved (and loads) in the native one; sub-byte
+    values (int4, float4_e2m1fn, ...) in their one canonical byte pattern.
 
     A file name is written atomically: a temporary file in the same folder is written, synced
     to the disk and renamed over ``file``, so if saving fails for any reason the previous
@@ -331,6 +346,8 @@ def save_sparse(file: str | os.PathLike | io.IOBase, params: Params) -> None:
             )
         if not x.dtype.isnative:
             x = x.astype(x.dtype.newbyteorder("="))
+        if _sub_byte(x.dtype):
+            x = _canonical(x)
         leaves.append((path, x))
     if hasattr(file, "write"):
         _write(file, leaves)
@@ -466,6 +483,8 @@ def _values(members: _Members, key: str, dtype: np.dtype, count: int, planes: bo
     x = _from_planes(raw, dtype, count) if planes else raw.view(dtype)
     if dtype == np.bool_ and np.any(raw > 1):
         raise _corrupt(f"the array {key!r} holds bools other than 0 and 1")
+    if _sub_byte(dtype) and not np.array_equal(_canonical(x).view(np.uint8), x.view(np.uint8)):
+        raise _corrupt(f"the array {key!r} holds bytes that are no {dtype} value")
     return x
 
 
@@ -565,7 +584,7 @@ def _nest(paths: list[str], arrays: list[np.ndarray]) -> Any:
 
 
 def load_sparse(file: str | os.PathLike | io.IOBase, like: Params | None = None) -> Params:
-    """Loads params saved by :func:`save_sparse`, bit-exact (``-0.0`` comes back as ``+0.0``).
+    """Loads params saved by :func:`save_sparse`, bit-exact (sparse leaves' ``-0.0`` as ``+0.0``).
 
     Files of format versions 1 and 2 load. The file is validated before it is trusted, so a
     damaged or hostile file gives a ``ValueError``, never another exception, a crash or a huge
