@@ -586,9 +586,11 @@ def test_every_flipped_byte_is_caught_or_harmless():
         assert_tree_exact(loaded, params)
 
 
-def test_missing_file_is_an_os_error(tmp_path):
+def test_missing_file_is_an_os_error_and_a_number_no_file(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_sparse(tmp_path / "nothing.npz")
+    with pytest.raises(TypeError, match="file must be a file name or a readable binary file"):
+        load_sparse(0)  # not standard input's file descriptor
 
 
 # ----- fuzzing -----

@@ -554,6 +554,11 @@ _DAMAGE = (
 def _read(file: Any) -> tuple[list[str], list[np.ndarray]]:
     with contextlib.ExitStack() as stack:
         if not hasattr(file, "read"):
+            if not isinstance(file, str | bytes | os.PathLike):  # open(3) would read fd 3
+                raise TypeError(
+                    f"file must be a file name or a readable binary file object, not "
+                    f"{type(file).__name__}"
+                )
             file = stack.enter_context(open(file, "rb"))  # a missing file stays an OSError
         try:
             start = file.tell()
@@ -614,6 +619,7 @@ def load_sparse(file: str | os.PathLike | io.IOBase, like: Params | None = None)
         truncated or damaged, fails any check above, or its leaves do not match ``like``
         (missing or extra paths, other shapes or dtypes).
       OSError: if a file name cannot be opened (e.g. ``FileNotFoundError``).
+      TypeError: if ``file`` is neither a file name nor a file object.
 
     Examples:
       >>> import io, jax.numpy as jnp
