@@ -46,6 +46,11 @@ from jaxprune._src.nn import ChannelMaskVariable
 from jaxprune._src.nn import NNXChannelMask
 from jaxprune._src.oneshot import prune_units
 from jaxprune._src.oneshot import prune_weights
+from jaxprune._src.posttraining import hessian_from_inputs
+from jaxprune._src.posttraining import owl_sparsities
+from jaxprune._src.posttraining import sparsegpt_prune
+from jaxprune._src.posttraining import wanda_mask
+from jaxprune._src.posttraining_runner import prune_oneshot
 from jaxprune._src.random_pruning import RandomPruningState
 from jaxprune._src.random_pruning import random_pruning
 from jaxprune._src.schedules import ConstantSparsity
@@ -137,6 +142,7 @@ __all__ = [
     "get_weight_sparsity",
     "get_weights",
     "global_magnitude_masks",
+    "hessian_from_inputs",
     "load_sparse",
     "magnitude_mask",
     "magnitude_pruning",
@@ -145,8 +151,10 @@ __all__ = [
     "masked_params",
     "movement_pruning",
     "nm_mask",
+    "owl_sparsities",
     "per_example_mask_grads",
     "polynomial_decay",
+    "prune_oneshot",
     "prune_units",
     "prune_weights",
     "pruning_from_config",
@@ -159,6 +167,7 @@ __all__ = [
     "schedule_from_optax",
     "set_training",
     "sparse",
+    "sparsegpt_prune",
     "sparsity_summary",
     "sparsity_table",
     "static_sparse",
@@ -167,4 +176,5 @@ __all__ = [
     "uniform_sparsities",
     "unit_mask",
     "update_fisher_signals",
+    "wanda_mask",
 ]

@@ -14,7 +14,7 @@ import pytest
 import jaxprune as jp
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-FILES = ["migrating-from-tensorflow.md", "distributions.md"]
+FILES = ["migrating-from-tensorflow.md", "distributions.md", "oneshot.md"]
 _FENCE = re.compile(r"^```([^\n]*)\n(.*?)^```\s*$", re.MULTILINE | re.DOTALL)
 
 
