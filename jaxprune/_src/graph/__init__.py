@@ -1,0 +1,1 @@
+"""Structural pruning on the program graph: dependency groups and compaction."""
