@@ -435,8 +435,12 @@ class Analysis:
                     self.reason[pr] = self.reason[root]
                     if pr in self.comp:
                         stack.append(pr)
-        # Classes an activation (not an input, parameter or constant) carries.
+        # Classes that an activation or a model input carries (not only parameters or constants).
         self.carried = set()
+        for v in self.prog.inputs:
+            if v not in self.params:
+                for a in range(len(self.shape(v))):
+                    self.carried.add(self.find((v, a)))
         for node in self.prog.nodes:
             for o in node.outs:
                 for a in range(len(self.shape(o))):
