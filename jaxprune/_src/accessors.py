@@ -68,8 +68,8 @@ def get_thresholds(opt_state: Any) -> dict[str, Array]:
       >>> params = {"w": jnp.array([[1.0, -4.0], [3.0, 2.0]]), "b": jnp.zeros(2)}
       >>> tx = jp.magnitude_pruning(jp.constant_sparsity(0.5, begin_step=0, frequency=1))
       >>> _, state = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
-      >>> get_thresholds(state)
-      {'w': Array(3., dtype=float32)}
+      >>> {name: float(t) for name, t in get_thresholds(state).items()}
+      {'w': 3.0}
     """
     leaves = pruned_leaves(opt_state)
     if any(t is None for _, _, t in leaves):
@@ -113,9 +113,8 @@ def get_masked_weights(params: Params, opt_state: Any) -> dict[str, Array]:
       >>> params = {"w": jnp.array([[1.0, -4.0], [3.0, 2.0]])}
       >>> tx = jp.magnitude_pruning(jp.constant_sparsity(0.5, begin_step=0, frequency=1))
       >>> _, state = tx.update({"w": jnp.zeros((2, 2))}, tx.init(params), params)
-      >>> get_masked_weights(params, state)["w"]
-      Array([[ 0., -4.],
-             [ 3.,  0.]], dtype=float32)
+      >>> get_masked_weights(params, state)["w"].tolist()
+      [[0.0, -4.0], [3.0, 0.0]]
     """
     masks = get_pruning_state(opt_state).masks
     return {

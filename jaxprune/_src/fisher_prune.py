@@ -161,17 +161,18 @@ def fisher_prune(
       >>> from jaxprune._src.fisher import fisher_prune
       >>> masks = {"a": jnp.ones(3), "b": jnp.ones(2)}
       >>> signals = {"a": jnp.array([0.5, 0.2, 0.9]), "b": jnp.array([0.3, 0.1])}
-      >>> fisher_prune(signals, masks)["b"]  # the smallest signal overall: b[1]
-      Array([1., 0.], dtype=float32)
+      >>> fisher_prune(signals, masks)["b"].tolist()  # the smallest signal overall: b[1]
+      [1.0, 0.0]
 
       Features of "a" cost 10 FLOPs each, of "b" 1 FLOP: with beta = 0.02, a[1] is the
       cheaper loss (0.2 - 0.02 * 10 = 0.0 < 0.1 - 0.02 * 1 = 0.08).
 
       >>> costs = {"a": jnp.full(3, 10.0), "b": jnp.ones(2)}
-      >>> fisher_prune(signals, masks, costs=costs, beta=0.02)["a"]
-      Array([1., 0., 1.], dtype=float32)
-      >>> fisher_prune(signals, masks, costs=costs, criterion="ratio")["a"]  # 0.2 / 10 < 0.1 / 1
-      Array([1., 0., 1.], dtype=float32)
+      >>> fisher_prune(signals, masks, costs=costs, beta=0.02)["a"].tolist()
+      [1.0, 0.0, 1.0]
+      >>> # criterion="ratio": a[1] is cheaper too, as 0.2 / 10 < 0.1 / 1
+      >>> fisher_prune(signals, masks, costs=costs, criterion="ratio")["a"].tolist()
+      [1.0, 0.0, 1.0]
 
     References:
       Theis et al., 2018, https://arxiv.org/abs/1801.05787

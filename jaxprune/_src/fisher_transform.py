@@ -136,8 +136,8 @@ def fisher_pruning(
       ...     return optax.apply_updates(params, updates), state
       >>> for _ in range(4):  # removes a feature at updates 1 and 3
       ...     params, state = step(params, state, jnp.ones((8, 3)))
-      >>> optax.tree.get(state, "channel_masks")["h"]
-      Array([0., 1., 0., 1.], dtype=float32)
+      >>> optax.tree.get(state, "channel_masks")["h"].tolist()
+      [0.0, 1.0, 0.0, 1.0]
 
     References:
       Theis, Korshunova, Tejani, Huszár, "Faster gaze prediction with dense networks and

@@ -511,8 +511,8 @@ def count_flops(
       >>> float(count_flops(net, x, w, w2, m, channel_argnums=3))  # 2*8*32*4 + 8*4 + 2*8*4*4
       2336.0
       >>> cost = lambda m: count_flops(net, x, w, w2, m, channel_argnums=3)
-      >>> jax.grad(cost)(m.astype(jnp.float32))[0]  # one feature: 2*8*32 + 8 + 2*8*4
-      Array(584., dtype=float32)
+      >>> float(jax.grad(cost)(m.astype(jnp.float32))[0])  # one feature: 2*8*32 + 8 + 2*8*4
+      584.0
 
       A loop whose trip count depends on an argument cannot be counted exactly:
 

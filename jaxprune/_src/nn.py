@@ -103,12 +103,8 @@ class NNXChannelMask(nnx.Module):
       ...         return self.out(self.mask(nnx.relu(self.hidden(x))))
       >>> graphdef, params, masks = nnx.split(MLP(nnx.Rngs(0)), nnx.Param, ChannelMaskVariable)
       >>> masks = nnx.as_pure(masks)
-      >>> masks
-      State({
-        'mask': {
-          'mask': Array([1., 1., 1., 1.], dtype=float32)
-        }
-      })
+      >>> jax.tree.map(lambda m: m.tolist(), nnx.to_pure_dict(masks))
+      {'mask': {'mask': [1.0, 1.0, 1.0, 1.0]}}
       >>> def apply(params, masks, x):
       ...     return nnx.merge(graphdef, params, masks)(x)
       >>> apply(params, masks, jnp.ones((5, 3))).shape

@@ -145,10 +145,10 @@ def block_scores(x: ArrayLike, block_shape: Sequence[int], pooling: str = "avg")
     Examples:
       >>> import jax.numpy as jnp
       >>> x = jnp.array([[1.0, -3.0, 2.0], [5.0, 0.0, -4.0]])
-      >>> block_scores(x, (2, 2), "avg")
-      Array([[2.25, 3.  ]], dtype=float32)
-      >>> block_scores(x, (2, 2), "max")
-      Array([[5., 4.]], dtype=float32)
+      >>> block_scores(x, (2, 2), "avg").tolist()
+      [[2.25, 3.0]]
+      >>> block_scores(x, (2, 2), "max").tolist()
+      [[5.0, 4.0]]
     """
     x = _as_float_array(x)
     pooling = check_pooling(pooling)
@@ -190,9 +190,8 @@ def expand_block_mask(
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> expand_block_mask(jnp.array([[True, False]]), (2, 2), (2, 3)).astype(int)
-      Array([[1, 1, 0],
-             [1, 1, 0]], dtype=int32)
+      >>> expand_block_mask(jnp.array([[True, False]]), (2, 2), (2, 3)).astype(int).tolist()
+      [[1, 1, 0], [1, 1, 0]]
     """
     block_mask = jnp.asarray(block_mask)
     shape = tuple(shape)
@@ -230,8 +229,8 @@ def block_threshold(
     Examples:
       >>> import jax.numpy as jnp
       >>> x = jnp.array([[1.0, 1.0, 9.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
-      >>> block_threshold(x, 0.5, (2, 2), "avg")[1]
-      Array(2.25, dtype=float32)
+      >>> float(block_threshold(x, 0.5, (2, 2), "avg")[1])
+      2.25
     """
     check_sparsity(sparsity, "sparsity", allow_one=True)
     x = _as_float_array(x)
@@ -304,9 +303,8 @@ def block_mask(
       >>> import jax.numpy as jnp
       >>> x = jnp.array([[1.0, 1.0, 9.0, 0.0],
       ...                [1.0, 1.0, 0.0, 0.0]])
-      >>> block_mask(x, 0.5, (2, 2), "avg").astype(int)   # block scores 1.0 and 2.25
-      Array([[0, 0, 1, 1],
-             [0, 0, 1, 1]], dtype=int32)
+      >>> block_mask(x, 0.5, (2, 2), "avg").astype(int).tolist()   # block scores 1.0 and 2.25
+      [[0, 0, 1, 1], [0, 0, 1, 1]]
     """
     return block_threshold(x, sparsity, block_shape, pooling)[0]
 
@@ -368,11 +366,8 @@ def nm_mask(x: ArrayLike, n: int, m: int, *, axis: int = -2) -> Array:
     Examples:
       >>> import jax.numpy as jnp
       >>> x = jnp.array([[0.1, 3.0], [-2.0, 0.0], [0.5, 1.0], [1.0, 1.0]])
-      >>> nm_mask(x, 2, 4).astype(int)       # 2:4 along the rows (axis -2)
-      Array([[0, 1],
-             [1, 0],
-             [0, 1],
-             [1, 0]], dtype=int32)
+      >>> nm_mask(x, 2, 4).astype(int).tolist()       # 2:4 along the rows (axis -2)
+      [[0, 1], [1, 0], [0, 1], [1, 0]]
     """
     n, m = check_nm(n, m)
     x = _as_float_array(x)
@@ -413,8 +408,8 @@ def unit_norms(x: ArrayLike, *, axis: int = -1) -> Array:
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> unit_norms(jnp.array([[3.0, 1.0], [4.0, 0.0]]))
-      Array([5., 1.], dtype=float32)
+      >>> unit_norms(jnp.array([[3.0, 1.0], [4.0, 0.0]])).tolist()
+      [5.0, 1.0]
     """
     x = _as_float_array(x)
     if x.ndim == 0:
@@ -442,8 +437,8 @@ def unit_threshold(x: ArrayLike, sparsity: ArrayLike, *, axis: int = -1) -> tupl
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> unit_threshold(jnp.array([[3.0, 1.0], [4.0, 0.0]]), 0.5)[1]   # norms 5 and 1
-      Array(5., dtype=float32)
+      >>> float(unit_threshold(jnp.array([[3.0, 1.0], [4.0, 0.0]]), 0.5)[1])   # norms 5 and 1
+      5.0
     """
     check_sparsity(sparsity, "sparsity", allow_one=True)
     x = _as_float_array(x)
@@ -500,9 +495,8 @@ def unit_mask(x: ArrayLike, sparsity: ArrayLike, *, axis: int = -1) -> Array:
     Examples:
       >>> import jax.numpy as jnp
       >>> x = jnp.array([[3.0, 0.1, -1.0], [4.0, 0.2, 1.0]])   # column norms 5, 0.22, 1.41
-      >>> unit_mask(x, 0.34).astype(int)
-      Array([[1, 0, 1],
-             [1, 0, 1]], dtype=int32)
+      >>> unit_mask(x, 0.34).astype(int).tolist()
+      [[1, 0, 1], [1, 0, 1]]
     """
     return unit_threshold(x, sparsity, axis=axis)[0]
 
@@ -521,8 +515,8 @@ class BlockSparsity:
       >>> import jax.numpy as jnp
       >>> s = BlockSparsity((1, 2), "max")
       >>> mask, thr = s(jnp.array([[1.0, 2.0, 0.5, 0.1]]), 0.5)
-      >>> mask.astype(int), thr
-      (Array([[1, 1, 0, 0]], dtype=int32), Array(2., dtype=float32))
+      >>> mask.astype(int).tolist(), float(thr)
+      ([[1, 1, 0, 0]], 2.0)
     """
 
     block_shape: tuple[int, int]
@@ -547,8 +541,8 @@ class NMSparsity:
     Examples:
       >>> import jax.numpy as jnp
       >>> mask, _ = NMSparsity(1, 2, axis=-1)(jnp.array([[1.0, -2.0, 3.0, 0.0]]), None)
-      >>> mask.astype(int)
-      Array([[0, 1, 1, 0]], dtype=int32)
+      >>> mask.astype(int).tolist()
+      [[0, 1, 1, 0]]
     """
 
     n: int
@@ -572,9 +566,8 @@ class UnitSparsity:
     Examples:
       >>> import jax.numpy as jnp
       >>> mask, thr = UnitSparsity()(jnp.array([[3.0, 0.0], [4.0, 1.0]]), 0.5)
-      >>> mask.astype(int), thr
-      (Array([[1, 0],
-             [1, 0]], dtype=int32), Array(5., dtype=float32))
+      >>> mask.astype(int).tolist(), float(thr)
+      ([[1, 0], [1, 0]], 5.0)
     """
 
     axis: int = -1

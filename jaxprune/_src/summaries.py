@@ -80,8 +80,8 @@ def get_masks(opt_state: Any) -> Masks:
       >>> import jaxprune as jp
       >>> tx = optax.chain(optax.adam(1e-3), jp.magnitude_pruning(jp.constant_sparsity(0.5)))
       >>> masks = jp.get_masks(tx.init({"w": jnp.ones((2, 2))}))
-      >>> masks["w"].dtype, masks["w"].shape
-      (dtype('bool'), (2, 2))
+      >>> masks["w"].dtype.name, masks["w"].shape
+      ('bool', (2, 2))
     """
     return get_pruning_state(opt_state).masks
 
