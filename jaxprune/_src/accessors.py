@@ -227,9 +227,7 @@ def pruning_summaries(
     if paired is not None:
         # Unpruned float leaves count in the total with nothing pruned.
         everything = total + sum(
-            math.prod(np.shape(x))
-            for _, x, m in paired
-            if np.ndim(m) == 0 and is_float_array(x)
+            math.prod(np.shape(x)) for _, x, m in paired if np.ndim(m) == 0 and is_float_array(x)
         )
         out["overall/sparsity"] = pruned / everything if everything else 0.0
     skipped = _field(state, "skipped_turns")
