@@ -12,7 +12,7 @@ import optax
 from jax import lax
 
 from jaxprune._src import masks as masks_lib
-from jaxprune._src import spec
+from jaxprune._src import spec, validate
 from jaxprune._src import transform as transform_lib
 from jaxprune._src.base import Array, LeafRule, Masks, is_float_array
 
@@ -31,26 +31,6 @@ class ACDCState(NamedTuple):
 
 
 transform_lib.register_pruning_state(ACDCState)
-
-
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_sparsity(value: Any, name: str) -> float:
-    if isinstance(value, (bool, str)) or np.ndim(value) != 0:
-        raise TypeError(f"{name} must be a float in [0, 1), got {value!r}")
-    try:
-        v = float(value)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"{name} must be a float in [0, 1), got {value!r}") from e
-    if not 0.0 <= v < 1.0:
-        raise ValueError(f"{name} must be in range [0, 1), got {value!r}")
-    return v
 
 
 def acdc_phases(
@@ -147,10 +127,10 @@ def acdc(
       Peste et al., `AC/DC: Alternating Compressed/DeCompressed Training of Deep Neural
       Networks <https://arxiv.org/abs/2106.12379>`_, NeurIPS 2021.
     """
-    warmup = _check_int(warmup_steps, "warmup_steps", 0)
-    phase = _check_int(phase_steps, "phase_steps", 1)
-    final = _check_int(final_compressed_steps, "final_compressed_steps", 1)
-    total = _check_int(total_steps, "total_steps", 1)
+    warmup = validate.check_int(warmup_steps, "warmup_steps", 0)
+    phase = validate.check_int(phase_steps, "phase_steps", 1)
+    final = validate.check_int(final_compressed_steps, "final_compressed_steps", 1)
+    total = validate.check_int(total_steps, "total_steps", 1)
     if scope not in _SCOPES:
         raise ValueError(f"scope must be one of {_SCOPES}, got {scope!r}")
     cycling = total - warmup - final
@@ -181,9 +161,9 @@ def acdc(
         for path, value in sparsity.items():
             if not isinstance(path, str):
                 raise TypeError(f"sparsity map keys must be leaf paths (str), got {path!r}")
-            per_leaf[path] = _check_sparsity(value, f"sparsity[{path!r}]")
+            per_leaf[path] = validate.check_fraction(value, f"sparsity[{path!r}]")
     else:
-        target = _check_sparsity(sparsity, "sparsity")
+        target = validate.check_fraction(sparsity, "sparsity")
     rule = spec.compile_rule(prune, "prune")
 
     def plan(params: Any) -> tuple[list[str], list[Any], Any, list[bool], list[float]]:

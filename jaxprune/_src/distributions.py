@@ -28,20 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxprune._src import spec
+from jaxprune._src import spec, validate
 from jaxprune._src.base import LeafRule
-
-
-def _check_target(sparsity: Any) -> float:
-    if isinstance(sparsity, (bool, str)) or np.ndim(sparsity) != 0:
-        raise TypeError(f"sparsity must be a real number in [0, 1), got {sparsity!r}")
-    try:
-        value = float(sparsity)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"sparsity must be a real number in [0, 1), got {sparsity!r}") from e
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"sparsity must be in range [0, 1), got {sparsity!r}")
-    return value
 
 
 def _matches(rule: Any, path: str, leaf: Any) -> bool:
@@ -119,7 +107,7 @@ def uniform_sparsities(
     References:
       Zhu & Gupta, `To prune, or not to prune <https://arxiv.org/abs/1710.01878>`_, 2017.
     """
-    value = _check_target(sparsity)
+    value = validate.check_fraction(sparsity, "sparsity")
     return {path: value for path in pruned_shapes(params, prune, exclude)}
 
 
@@ -193,7 +181,7 @@ def erk_sparsities(
       Mocanu et al., `Scalable training of artificial neural networks with adaptive sparse
       connectivity inspired by network science <https://arxiv.org/abs/1707.04780>`_, 2018.
     """
-    target = _check_target(sparsity)
+    target = validate.check_fraction(sparsity, "sparsity")
     if isinstance(power_scale, (bool, str)) or np.ndim(power_scale) != 0:
         raise TypeError(f"power_scale must be a finite real number > 0, got {power_scale!r}")
     try:

@@ -25,16 +25,15 @@ import zipfile
 import zlib
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import sparse
 
-from jaxprune._src import spec
-from jaxprune._src.accessors import flat_leaves, pair_with_masks
+from jaxprune._src import spec, trees
 from jaxprune._src.atomic import atomic_write
 from jaxprune._src.base import LeafRule, Masks, Params
 from jaxprune._src.summaries import get_pruning_state
+from jaxprune._src.trees import flat_leaves, pair_with_masks
 
 _FORMAT = "jaxprune.sparse"
 _VERSION = 2  # version 1 (raw values, bit masks only) still loads
@@ -45,17 +44,6 @@ def _fuse(x: Any, mask: Any) -> Any:
         return x  # not pruned
     x = jnp.asarray(x)
     return jnp.where(mask, x, jnp.zeros((), x.dtype))
-
-
-def _rebuild(params: Params, new_leaves: list[Any]) -> Params:
-    """``params`` with its leaves replaced in flattening order (flax.nnx wrappers kept)."""
-    treedef = jax.tree.structure(params)
-    if treedef.num_leaves != len(new_leaves):
-        raise ValueError(
-            f"cannot rebuild a tree of {treedef.num_leaves} leaves from {len(new_leaves)} "
-            "(a flax.nnx Variable that holds several arrays is not supported)"
-        )
-    return jax.tree.unflatten(treedef, new_leaves)
 
 
 def strip(params: Params, opt_state: Any) -> Params:
@@ -91,7 +79,7 @@ def strip(params: Params, opt_state: Any) -> Params:
     """
     masks = get_pruning_state(opt_state).masks
     pairs = pair_with_masks(params, masks)
-    return _rebuild(params, [_fuse(x, m) for _, x, m in pairs])
+    return trees.rebuild(params, [_fuse(x, m) for _, x, m in pairs])
 
 
 def _to_bcoo(x: Any) -> sparse.BCOO:
@@ -152,12 +140,12 @@ def to_bcoo(params: Params, *, masks: Masks | None = None, prune: LeafRule | Non
             x if np.ndim(m) == 0 else _to_bcoo(_fuse(x, m))
             for _, x, m in pair_with_masks(params, masks)
         ]
-        return _rebuild(params, new)
+        return trees.rebuild(params, new)
     rule = spec.compile_rule(prune, "prune")
     flat = flat_leaves(params)
     paths, leaves = [p for p, _ in flat], [x for _, x in flat]
     chosen = spec.select(paths, leaves, rule)
-    return _rebuild(
+    return trees.rebuild(
         params, [_to_bcoo(x) if on else x for x, on in zip(leaves, chosen, strict=True)]
     )
 
@@ -653,7 +641,7 @@ def load_sparse(file: str | os.PathLike | io.IOBase, like: Params | None = None)
                 f"{want_dtype}{list(want_shape)}"
             )
         out.append(x)
-    return _rebuild(like, out)
+    return trees.rebuild(like, out)
 
 
 __all__ = ["load_sparse", "save_sparse", "strip", "to_bcoo"]

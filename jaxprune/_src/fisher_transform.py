@@ -11,6 +11,7 @@ import numpy as np
 import optax
 from jax import lax
 
+from jaxprune._src import validate
 from jaxprune._src.base import Array, ArrayLike
 from jaxprune._src.fisher_checks import check_decay, check_like_masks, check_masks
 from jaxprune._src.fisher_prune import ALIVE_THRESHOLD, check_options, fisher_prune
@@ -35,14 +36,6 @@ class FisherPruningState(NamedTuple):
     num_pruned: Array  # shape=(), int32: features removed by this transformation so far
     # Pruning turns skipped, masks unchanged, because a signal of an alive feature was NaN.
     skipped_turns: Array = np.zeros((), np.int32)  # shape=(), int32
-
-
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 def _flops_of(cost_fn: Callable[[Any], ArrayLike] | None, masks: Any) -> Array:
@@ -144,8 +137,8 @@ def fisher_pruning(
       Fisher pruning", 2018, https://arxiv.org/abs/1801.05787
     """
     check_masks(masks)
-    frequency = _check_int(frequency, "frequency", 1)
-    burn_in = _check_int(burn_in, "burn_in", 0)
+    frequency = validate.check_int(frequency, "frequency", 1)
+    burn_in = validate.check_int(burn_in, "burn_in", 0)
     check_decay(decay)
     if cost_fn is not None and not callable(cost_fn):
         raise TypeError(f"cost_fn must be a function masks -> FLOPs, got {cost_fn!r}")
