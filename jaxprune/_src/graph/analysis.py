@@ -436,7 +436,8 @@ class Analysis:
                     if pr in self.comp:
                         stack.append(pr)
         # Classes that an activation or a model input carries (not only parameters or constants).
-        self.carried = set()
+        # A blocked axis is reported too: a parameter axis that an unfollowed op reads.
+        self.carried = {self.find(axis) for axis, _ in self.blocks}
         for v in self.prog.inputs:
             if v not in self.params:
                 for a in range(len(self.shape(v))):

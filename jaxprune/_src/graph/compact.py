@@ -8,7 +8,7 @@ from ``fn`` is evaluated again, equation by equation, on the sliced arrays; the
 few equations whose parameters carry a shape are rewritten to the new sizes
 (``broadcast_in_dim``'s ``shape``, ``reshape``'s ``new_sizes``, ``slice``'s
 limits, ``split``'s sizes, a depthwise convolution's ``feature_group_count``).
-Every constant the trace baked in (a ``1 / C`` of a mean over other axes, an
+The re-evaluation is wrapped in ``jax.jit``. Every constant the trace baked in (a ``1 / C`` of a mean over other axes, an
 epsilon) stays as traced, so the small function computes exactly what the dense
 function computes with the pruned channels' weights zeroed. It is an ordinary
 JAX function: ``jax.jit``, ``jax.grad`` and ``jax.vmap`` apply. Called with
@@ -99,6 +99,8 @@ class _Plan:
         self.keep_of = dict(zip(roots, keeps, strict=True))
         self._masks: dict[Any, np.ndarray | None] = {}
         self._shapes: dict[int, tuple[int, ...]] = {}
+        # One compiled computation instead of one dispatch per equation.
+        self.run = jax.jit(self.evaluate)
 
     def mask(self, root) -> np.ndarray | None:
         """Kept indices of a class as a bool vector, ``None`` when all are kept."""
@@ -141,7 +143,8 @@ class _Plan:
         for a in range(len(self.prog.shapes[v])):
             m = self.axis_mask(v, a)
             if m is not None:
-                leaf = jnp.take(jnp.asarray(leaf), np.flatnonzero(m), axis=a)
+                take = np.take if isinstance(leaf, np.ndarray) else jnp.take
+                leaf = take(leaf, np.flatnonzero(m), axis=a)
         return leaf
 
     def _rewrite(self, node) -> dict:
@@ -235,7 +238,7 @@ def compact(
       >>> import numpy as np
       >>> from jaxprune._src.graph.compact import compact
       >>> def mlp(p, x):
-      ...     return jnp.maximum(x @ p["w1"] + p["b1"], 0.0) @ p["w2"]
+      ...     return jnp.maximum(x @ p["w1"] + p["b1"][None, :], 0.0) @ p["w2"]
       >>> p = {"w1": jnp.ones((3, 8)), "b1": jnp.zeros(8), "w2": jnp.ones((8, 2))}
       >>> x = jnp.ones((4, 3))
       >>> keep = [np.arange(8) < 5]
@@ -285,7 +288,7 @@ def compact(
                     f"expected {want} (the compacted shape)."
                 )
         p = plan_for(args)
-        outs = p.evaluate(leaves + jax.tree.leaves(args))
+        outs = p.run(leaves + jax.tree.leaves(args))
         return jax.tree.unflatten(p.prog.out_tree, outs)
 
     return small_params, small_fn

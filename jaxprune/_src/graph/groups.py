@@ -218,7 +218,7 @@ def dependency_groups(fn: Callable[..., Any], params: Any, *example_args: Any) -
       >>> import jax.numpy as jnp
       >>> from jaxprune._src.graph.groups import dependency_groups
       >>> def mlp(p, x):
-      ...     h = jnp.maximum(x @ p["w1"] + p["b1"], 0.0)
+      ...     h = jnp.maximum(x @ p["w1"] + p["b1"][None, :], 0.0)
       ...     return h @ p["w2"]
       >>> p = {"w1": jnp.ones((3, 8)), "b1": jnp.zeros(8), "w2": jnp.ones((8, 2))}
       >>> (g,) = dependency_groups(mlp, p, jnp.ones((4, 3)))
