@@ -38,6 +38,16 @@ class FisherPruningState(NamedTuple):
     skipped_turns: Array = np.zeros((), np.int32)  # shape=(), int32
 
 
+def _check_int(value: Any, name: str, minimum: int) -> int:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if value > validate.INT32_MAX:
+        raise ValueError(f"{name} must be <= {validate.INT32_MAX} (steps are int32), got {value}")
+    return int(value)
+
+
 def _flops_of(cost_fn: Callable[[Any], ArrayLike] | None, masks: Any) -> Array:
     if cost_fn is None:
         return jnp.zeros((), jnp.float32)
@@ -137,8 +147,8 @@ def fisher_pruning(
       Fisher pruning", 2018, https://arxiv.org/abs/1801.05787
     """
     check_masks(masks)
-    frequency = validate.check_int(frequency, "frequency", 1)
-    burn_in = validate.check_int(burn_in, "burn_in", 0)
+    frequency = _check_int(frequency, "frequency", 1)
+    burn_in = _check_int(burn_in, "burn_in", 0)
     check_decay(decay)
     if cost_fn is not None and not callable(cost_fn):
         raise TypeError(f"cost_fn must be a function masks -> FLOPs, got {cost_fn!r}")
