@@ -8,10 +8,11 @@ from ``fn`` is evaluated again, equation by equation, on the sliced arrays; the
 few equations whose parameters carry a shape are rewritten to the new sizes
 (``broadcast_in_dim``'s ``shape``, ``reshape``'s ``new_sizes``, ``slice``'s
 limits, ``split``'s sizes, a depthwise convolution's ``feature_group_count``).
-The re-evaluation is wrapped in ``jax.jit``. Every constant the trace baked in (a ``1 / C`` of a mean over other axes, an
-epsilon) stays as traced, so the small function computes exactly what the dense
-function computes with the pruned channels' weights zeroed. It is an ordinary
-JAX function: ``jax.jit``, ``jax.grad`` and ``jax.vmap`` apply. Called with
+The re-evaluation is wrapped in ``jax.jit``. Every constant the trace baked in
+(a ``1 / C`` of a mean over other axes, an epsilon) stays as traced, so the
+small function computes exactly what the dense function computes with the
+pruned channels' weights zeroed. It is an ordinary JAX function: ``jax.jit``,
+``jax.grad`` and ``jax.vmap`` apply. Called with
 inputs of other shapes (another batch size), it traces ``fn`` again with the
 dense parameter shapes and the new inputs, once per input shape.
 
