@@ -19,9 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprune._src.flops import count_flops
-from jaxprune._src.graph.compact import compact
-from jaxprune._src.graph.groups import dependency_groups, group_masks, group_scores
+import jaxprune as jp
 
 
 class Block(nn.Module):
@@ -75,10 +73,10 @@ def main():
     def fn(v, x):
         return model.apply(v, x)
 
-    groups = dependency_groups(fn, variables, x)
-    scores = group_scores(variables, groups, exclude="batch_stats")
-    keep = group_masks(scores, groups, sparsity=1.0 - args.keep)
-    small, small_fn = compact(fn, variables, keep, x)
+    groups = jp.dependency_groups(fn, variables, x)
+    scores = jp.group_scores(variables, groups, exclude="batch_stats")
+    keep = jp.group_masks(scores, groups, sparsity=1.0 - args.keep)
+    small, small_fn = jp.compact(fn, variables, keep, x)
 
     dense_jit, small_jit = jax.jit(fn), jax.jit(small_fn)
     variables = jax.device_put(variables)
@@ -96,7 +94,7 @@ def main():
         jax.block_until_ready(small_jit(small, xd))
         t_small.append(time.perf_counter() - t)
     md, ms = statistics.median(t_dense), statistics.median(t_small)
-    fd, fs = count_flops(fn, variables, x), count_flops(small_fn, small, x)
+    fd, fs = jp.count_flops(fn, variables, x), jp.count_flops(small_fn, small, x)
     pd = sum(int(np.size(a)) for a in jax.tree.leaves(variables))
     ps = sum(int(np.size(a)) for a in jax.tree.leaves(small))
     print(f"device: {jax.devices()[0].platform}; {len(groups)} groups, keep {args.keep:.0%}")

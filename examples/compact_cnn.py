@@ -34,9 +34,7 @@ import optax
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-import jaxprune
-from jaxprune._src.graph.compact import compact, group_weight_masks
-from jaxprune._src.graph.groups import dependency_groups, group_masks, group_scores
+import jaxprune as jp
 
 
 class ResNet(nn.Module):
@@ -151,25 +149,25 @@ def main(argv=None) -> int:
     def fn(v, x):
         return model.apply(v, x)
 
-    groups = dependency_groups(fn, variables, x_test)
+    groups = jp.dependency_groups(fn, variables, x_test)
     print(f"{len(groups)} dependency groups:")
     for g in groups:
         print(f"  {g.name:28s} {g.size:3d} channels, {len(g.members)} members")
     for b in groups.blocked:
         print(f"  not prunable: {b.path}[axis {b.axis}]: {b.reason}")
 
-    scores = group_scores(variables, groups, exclude="batch_stats")
-    keep = group_masks(scores, groups, sparsity=args.sparsity)
-    small, small_fn = compact(fn, variables, keep, x_test)
+    scores = jp.group_scores(variables, groups, exclude="batch_stats")
+    keep = jp.group_masks(scores, groups, sparsity=args.sparsity)
+    small, small_fn = jp.compact(fn, variables, keep, x_test)
 
-    masks = group_weight_masks(variables, groups, keep)
+    masks = jp.group_weight_masks(variables, groups, keep)
     masked = jax.tree.map(lambda w, m: w * m, variables, masks)
     out_masked = np.asarray(jax.jit(fn)(masked, x_test))
     out_small = np.asarray(jax.jit(small_fn)(small, x_test))
     same = np.allclose(out_small, out_masked, rtol=1e-4, atol=1e-4)
 
-    flops_dense = jaxprune.count_flops(fn, variables, x_test)
-    flops_small = jaxprune.count_flops(small_fn, small, x_test)
+    flops_dense = jp.count_flops(fn, variables, x_test)
+    flops_small = jp.count_flops(small_fn, small, x_test)
     t_dense = latency_ms(fn, variables, x_test, repeats)
     t_small = latency_ms(small_fn, small, x_test, repeats)
     acc_dense = accuracy(jax.jit(fn), variables, x_test, y_test)

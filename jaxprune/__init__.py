@@ -36,6 +36,14 @@ from jaxprune._src.flops import FlopsReport
 from jaxprune._src.flops import UnknownEquation
 from jaxprune._src.flops import count_flops
 from jaxprune._src.flops import flops_report
+from jaxprune._src.graph.compact import compact
+from jaxprune._src.graph.compact import group_weight_masks
+from jaxprune._src.graph.groups import BlockedAxis
+from jaxprune._src.graph.groups import DependencyGroups
+from jaxprune._src.graph.groups import Group
+from jaxprune._src.graph.groups import dependency_groups
+from jaxprune._src.graph.groups import group_masks
+from jaxprune._src.graph.groups import group_scores
 from jaxprune._src.legacy import LegacyPruningState
 from jaxprune._src.legacy import pruning_from_config
 from jaxprune._src.masks import apply_masks
@@ -96,11 +104,14 @@ __version__ = "0.1.0"
 __all__ = [
     "ACDCState",
     "BlockSparsity",
+    "BlockedAxis",
     "ChannelMask",
     "ChannelMaskVariable",
     "ConstantSparsity",
+    "DependencyGroups",
     "FisherPruningState",
     "FlopsReport",
+    "Group",
     "LegacyPruningState",
     "MagnitudePruningState",
     "MovementPruningState",
@@ -123,9 +134,11 @@ __all__ = [
     "apply_masks",
     "block_mask",
     "check_pruned_zero",
+    "compact",
     "constant_sparsity",
     "count_flops",
     "default_rule",
+    "dependency_groups",
     "erk_sparsities",
     "extend_masks",
     "fisher_batch_signals",
@@ -142,6 +155,9 @@ __all__ = [
     "get_weight_sparsity",
     "get_weights",
     "global_magnitude_masks",
+    "group_masks",
+    "group_scores",
+    "group_weight_masks",
     "hessian_from_inputs",
     "load_sparse",
     "magnitude_mask",

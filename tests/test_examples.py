@@ -63,3 +63,17 @@ def test_fisher_digits_reaches_its_flops_target(tmp_path, capsys):
     rows = re.findall(r"^  (\S.*?)\s+(\d+\.\d)%\s+(\d+\.\d\d)%\s+(\d+)\s", final, re.M)
     assert len(rows) == 2, final
     assert all(float(flops) <= 80.0 for _, flops, _, _ in rows), final
+
+
+def test_compact_cnn_gives_a_smaller_model_with_the_same_outputs(capsys):
+    compact_cnn = _load("compact_cnn")
+    assert compact_cnn.main(["--quick"]) == 0
+    stdout = capsys.readouterr().out
+    assert "compacted outputs equal the masked model's: True" in stdout
+    ratios = {
+        name: float(ratio)
+        for name, ratio in re.findall(r"^(parameters|FLOPs) .*?(\d+\.\d\d)$", stdout, re.M)
+    }
+    assert set(ratios) == {"parameters", "FLOPs"}, stdout
+    # Half the channels of every group go: each pruned kernel keeps about a quarter.
+    assert ratios["parameters"] < 0.4 and ratios["FLOPs"] < 0.4, ratios
