@@ -1,4 +1,7 @@
-"""Static masks, SET and RigL inside sparse(): drop and grow sets against NumPy references."""
+"""Static masks, SET and RigL inside sparse(): drop and grow sets against NumPy references.
+
+Test data comes from NumPy (no compilation) and each algorithm compiles one step.
+"""
 
 import math
 
@@ -8,22 +11,25 @@ import numpy as np
 import optax
 import pytest
 
-from jaxprune._src.sparse_core import SparseState, masked_params, sparse
+from jaxprune._src import sparse_core
+from jaxprune._src.sparse_core import masked_params, sparse
 from jaxprune._src.sparse_dst import drop_fraction_at, rigl, set_training, static_sparse
 from jaxprune._src.summaries import get_masks
 
 KEY = jax.random.key(0)
 
 
+def normal(seed, shape):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
 def params_like(seed=0, shape=(8, 16)):
-    k1, k2 = jax.random.split(jax.random.key(seed))
-    return {
-        "dense": {"kernel": jax.random.normal(k1, shape), "bias": jax.random.normal(k2, shape[1:])},
-    }
+    return {"dense": {"kernel": normal(seed, shape), "bias": normal(seed + 1, shape[1:])}}
 
 
 def grads_like(params, seed):
-    return jax.tree.map(lambda x: jax.random.normal(jax.random.key(seed), x.shape), params)
+    leaves, treedef = jax.tree.flatten(params)
+    return treedef.unflatten([normal(1000 * seed + i, x.shape) for i, x in enumerate(leaves)])
 
 
 def ref_kept(n, s):
@@ -47,24 +53,52 @@ def ref_drop_fraction(t, alpha, end):
 
 def test_drop_fraction_schedule_values():
     ts = [0, 1, 7, 50, 99, 100, 150]
-    got = np.asarray([drop_fraction_at(t, 0.3, 100) for t in ts])
+    got = np.asarray(drop_fraction_at(jnp.asarray(ts), 0.3, 100))
     want = np.asarray([ref_drop_fraction(t, 0.3, 100) for t in ts])
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("make", ["static", "set", "rigl"])
-def test_initial_masks_are_random_with_exact_counts(make):
+def test_initial_masks_are_random_with_exact_counts():
     params = params_like(shape=(10, 13))
     algs = {
         "static": lambda k: static_sparse(0.7, key=k),
         "set": lambda k: set_training(0.7, key=k, end_step=10, update_every=2),
         "rigl": lambda k: rigl(0.7, key=k, end_step=10, update_every=2),
     }
-    m0 = get_masks(sparse(optax.sgd(0.1), algs[make](KEY)).init(params))
-    m1 = get_masks(sparse(optax.sgd(0.1), algs[make](jax.random.key(1))).init(params))
-    assert int(m0["dense"]["kernel"].sum()) == ref_kept(130, 0.7) == 39
-    assert m0["dense"]["bias"].shape == ()  # biases are not pruned, and are no None hole
-    assert not np.array_equal(m0["dense"]["kernel"], m1["dense"]["kernel"])
+    for make in algs.values():
+        m0 = get_masks(sparse(optax.sgd(0.1), make(KEY)).init(params))
+        m1 = get_masks(sparse(optax.sgd(0.1), make(jax.random.key(1))).init(params))
+        assert int(m0["dense"]["kernel"].sum()) == ref_kept(130, 0.7) == 39
+        assert m0["dense"]["bias"].shape == ()  # biases are not pruned, and are no None hole
+        assert not np.array_equal(m0["dense"]["kernel"], m1["dense"]["kernel"])
+
+
+def test_initial_masks_are_the_top_k_of_random_bits():
+    # The first pruned leaf in flattening order (1: the kernel) draws from fold_in(key, 1).
+    params = params_like(shape=(10, 13))
+    masks = get_masks(sparse(optax.sgd(0.1), static_sparse(0.7, key=KEY)).init(params))
+    bits = jax.random.bits(jax.random.fold_in(KEY, 1), (10, 13), jnp.uint32)
+    np.testing.assert_array_equal(
+        masks["dense"]["kernel"], ref_top(np.asarray(bits).astype(np.int64), np.ones((10, 13)), 39)
+    )
+
+
+@pytest.mark.parametrize("shapes", [[(10, 13)], [(48, 64), (40, 50)]], ids=["sort", "radix"])
+def test_top_k_masks_against_reference(shapes):
+    # Small key sets are ranked by a sort, large ones (> SORT_MAX keys) by the radix select;
+    # both keep the k largest keys over all leaves, ties by position. Keys cut to 4 bits make
+    # most of them tie.
+    assert (sum(math.prod(s) for s in shapes) > sparse_core.SORT_MAX) == (len(shapes) == 2)
+    keys = [jax.random.bits(jax.random.key(i), s, jnp.uint32) >> 28 for i, s in enumerate(shapes)]
+    flat = np.concatenate([np.asarray(x).reshape(-1).astype(np.int64) for x in keys])
+    for k in (1, 39, flat.size // 3, flat.size):
+        want = ref_top(flat, np.ones(flat.size, bool), k)
+        got = np.concatenate([np.asarray(m).reshape(-1) for m in sparse_core.top_k_masks(keys, k)])
+        np.testing.assert_array_equal(got, want)
+    if len(shapes) == 1:
+        np.testing.assert_array_equal(
+            jax.jit(sparse_core.sorted_top_k)(keys, 39)[0], sparse_core.top_k_masks(keys, 39)[0]
+        )
 
 
 def test_static_masks_never_change_and_pruned_weights_stay_zero():
@@ -96,67 +130,56 @@ def test_rigl_drop_and_grow_against_reference():
     k = ref_kept(128, 0.75)
     for t in range(3):
         g = grads_like(params, 100 + t)
+        m_old = np.asarray(get_masks(state)["dense"]["kernel"])
+        w = np.asarray(params["dense"]["kernel"])
+        if t == 2:
+            # Give three of the weights the turn drops the largest gradients: they are grown
+            # back at once, and must keep their values and moments.
+            f = ref_drop_fraction(t, alpha, end)
+            assert 0.01 < (f * k) % 1 < 0.99  # far from an integer: float32 cannot flip the floor
+            d = math.floor(f * k)
+            assert d > 3
+            survive = ref_top(np.abs(w), m_old, k - d)
+            dropped = np.flatnonzero((m_old & ~survive).reshape(-1))[:3]
+            gk = np.array(g["dense"]["kernel"]).reshape(-1)
+            gk[dropped] = [50.0, -60.0, 70.0]
+            g["dense"]["kernel"] = jnp.asarray(gk.reshape(w.shape))
         before_state, before_params = state, params
         updates, state = step(g, state, params)
         params = optax.apply_updates(params, updates)
-        m_old = np.asarray(get_masks(before_state)["dense"]["kernel"])
         m_new = np.asarray(get_masks(state)["dense"]["kernel"])
-        w = np.asarray(before_params["dense"]["kernel"])
         gk = np.asarray(g["dense"]["kernel"])
         mu_old = np.asarray(before_state.inner[0].mu["dense"]["kernel"])
         mu_new = np.asarray(state.inner[0].mu["dense"]["kernel"])
+        nu_old = np.asarray(before_state.inner[0].nu["dense"]["kernel"])
         nu_new = np.asarray(state.inner[0].nu["dense"]["kernel"])
         if t < 2:  # not a turn: Adam runs on the masked gradient, masks stay
             np.testing.assert_array_equal(m_new, m_old)
             assert np.all(mu_new[~m_old] == 0.0)  # pruned weights gather no momentum
             continue
         # Turn t = 2: drop d = floor(f_t k) smallest active magnitudes, grow d largest |g|.
-        f = ref_drop_fraction(t, alpha, end)
-        assert 0.01 < (f * k) % 1 < 0.99  # far from an integer: float32 cannot flip the floor
-        d = math.floor(f * k)
-        assert d > 0
-        survive = ref_top(np.abs(w), m_old, k - d)
         grow = ref_top(np.abs(gk), ~survive, d)
         np.testing.assert_array_equal(m_new, survive | grow)
         assert m_new.sum() == k
         new = grow & ~m_old
-        assert new.any()
+        regrown = grow & m_old
+        assert new.any() and np.all(regrown.reshape(-1)[dropped])
         w_new = np.asarray(params["dense"]["kernel"])
-        # The reference applies no optimizer update on a turn: kept weights unchanged, bias too.
-        np.testing.assert_array_equal(w_new[survive], w[survive])
+        # The reference applies no optimizer update on a turn: weights kept before and after
+        # (survivors and the regrown ones) unchanged, bias too.
+        np.testing.assert_array_equal(w_new[m_new & m_old], w[m_new & m_old])
         np.testing.assert_array_equal(
             np.asarray(params["dense"]["bias"]), np.asarray(before_params["dense"]["bias"])
         )
         assert np.all(w_new[~m_new] == 0.0) and np.all(w_new[new] == 0.0)
-        # Moments: zero at new connections, untouched elsewhere; Adam's count not advanced.
+        # Moments: zero at new connections, untouched elsewhere (the regrown ones included);
+        # Adam's count not advanced.
         assert np.all(mu_new[new] == 0.0) and np.all(nu_new[new] == 0.0)
         np.testing.assert_array_equal(mu_new[~new], mu_old[~new])
+        np.testing.assert_array_equal(nu_new[~new], nu_old[~new])
+        assert np.all(mu_old[regrown] != 0.0)
         assert int(state.inner[0].count) == int(before_state.inner[0].count)
     assert step._cache_size() == 1
-
-
-def test_rigl_regrown_weight_keeps_value_and_moments():
-    # One 1x8 leaf; 4 active weights of magnitude .1 .5 .7 .9; the weakest has the largest
-    # gradient, so it is dropped and grown back.
-    w = jnp.array([[0.1, 0.0, 0.5, 0.0, 0.7, 0.0, 0.9, 0.0]])
-    mask = w != 0
-    params = {"w": w}
-    tx = sparse(
-        optax.adam(0.1), rigl({"w": 0.5}, key=KEY, drop_fraction=0.5, update_every=1, end_step=1000)
-    )
-    state = tx.init(params)
-    alg = state.algorithm._replace(masks={"w": mask}, count=jnp.int32(1))
-    mu = jnp.arange(1.0, 9.0)[None] * 0.01
-    inner = (state.inner[0]._replace(mu={"w": mu}, nu={"w": mu * 2}), state.inner[1])
-    state = SparseState(inner, alg)
-    g = {"w": jnp.array([[9.0, 5.0, 0.0, 4.0, 0.0, 0.0, 0.0, 0.0]])}
-    updates, state = jax.jit(tx.update)(g, state, params)
-    # f_1 = 0.25 (1 + cos(pi / 1000)) -> d = floor(0.49999 * 4) = 1: drop 0.1, then grow the
-    # largest |g| outside {0.5, 0.7, 0.9}: index 0 (the dropped weight itself).
-    np.testing.assert_array_equal(np.asarray(get_masks(state)["w"]), np.asarray(mask))
-    new = optax.apply_updates(params, updates)["w"]
-    np.testing.assert_array_equal(np.asarray(new), np.asarray(w))
-    np.testing.assert_array_equal(np.asarray(state.inner[0].mu["w"]), np.asarray(mu))
 
 
 def test_set_grows_at_random_on_the_updated_weights():
@@ -205,10 +228,12 @@ def test_set_grows_at_random_on_the_updated_weights():
 
 
 def test_dict_sparsity_uses_exact_paths():
-    params = {"a": jnp.ones((6, 6)), "b": jnp.ones((4, 5)), "bias": jnp.ones(5)}
+    # Shapes the other tests use too: their programs are compiled once.
+    params = {"a": normal(0, (10, 13)), "b": normal(1, (8, 16)), "bias": normal(2, (16,))}
     tx = sparse(optax.sgd(0.1), rigl({"a": 0.5, "b": 0.25}, key=KEY, end_step=10, update_every=2))
     masks = get_masks(tx.init(params))
-    assert int(masks["a"].sum()) == 18 and int(masks["b"].sum()) == 15
+    assert int(masks["a"].sum()) == 65 and int(masks["b"].sum()) == 96
+    assert masks["bias"].shape == ()
     with pytest.raises(ValueError, match="unknown leaf paths"):
         sparse(optax.sgd(0.1), static_sparse({"c": 0.5}, key=KEY)).init(params)
     with pytest.raises(ValueError, match="prune"):
@@ -217,14 +242,15 @@ def test_dict_sparsity_uses_exact_paths():
 
 def test_prune_rule_and_erk_distribution():
     distributions = pytest.importorskip("jaxprune._src.distributions")
-    params = {"a": jnp.ones((32, 32)), "b": jnp.ones((32, 4))}
+    params = {"a": normal(0, (10, 13)), "b": normal(1, (8, 16))}
     sp = distributions.erk_sparsities(params, 0.8)
+    assert sp["a"] != sp["b"]
     masks = get_masks(sparse(optax.sgd(0.1), static_sparse(sp, key=KEY)).init(params))
     for path in ("a", "b"):
         n = params[path].size
         assert int(masks[path].sum()) == ref_kept(n, sp[path])
     masks = get_masks(sparse(optax.sgd(0.1), static_sparse(0.5, key=KEY, prune="^a$")).init(params))
-    assert masks["b"].shape == () and int(masks["a"].sum()) == 512
+    assert masks["b"].shape == () and int(masks["a"].sum()) == 65
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,8 @@
-"""STE, SR-STE, random STE, saliency and movement pruning against NumPy references."""
+"""STE, SR-STE, random STE, saliency and movement pruning against NumPy references.
+
+Test data comes from NumPy (no compilation), every step is jitted, and the two scopes of an
+algorithm run in one compiled function: each distinct XLA program costs about a second of CPU.
+"""
 
 import jax
 import jax.numpy as jnp
@@ -12,18 +16,23 @@ from jaxprune._src.sparse_ste import magnitude_ste, movement_pruning, random_ste
 from jaxprune._src.summaries import get_masks
 
 EVERY_STEP = constant_sparsity(0.75, begin_step=0, frequency=1)
+SCOPES = ("layer", "global")
+
+
+def normal(seed, shape, scale=1.0):
+    return jnp.asarray(scale * np.random.default_rng(seed).standard_normal(shape), jnp.float32)
 
 
 def make_params(seed=0):
-    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
     return {
-        "l1": {"kernel": jax.random.normal(k1, (6, 8)), "bias": jnp.zeros(8)},
-        "l2": {"kernel": 3.0 * jax.random.normal(k2, (8, 4)), "bias": jax.random.normal(k3, (4,))},
+        "l1": {"kernel": normal(seed, (6, 8)), "bias": jnp.zeros(8)},
+        "l2": {"kernel": normal(seed + 1, (8, 4), 3.0), "bias": normal(seed + 2, (4,))},
     }
 
 
 def grads_like(params, seed):
-    return jax.tree.map(lambda x: jax.random.normal(jax.random.key(seed), x.shape), params)
+    leaves, treedef = jax.tree.flatten(params)
+    return treedef.unflatten([normal(1000 * seed + i, x.shape) for i, x in enumerate(leaves)])
 
 
 def ref_kept(n, s):
@@ -70,20 +79,27 @@ def test_ste_forward_sees_zeros_and_gradients_reach_pruned_weights():
     for m, w in zip(kernels(get_masks(state)), kernels(new)):
         np.testing.assert_array_equal(m, ref_magnitude_mask(w, 0.75))
     masks = get_masks(state)
-    fwd = masked_params(new, state)
+    c = grads_like(params, 2)
+
+    @jax.jit
+    def forward_and_grad(p, state):
+        def loss(p):
+            mp = masked_params(p, state)
+            return sum(jnp.sum(a * b) for a, b in zip(jax.tree.leaves(mp), jax.tree.leaves(c)))
+
+        return masked_params(p, state), jax.grad(loss)(p)
+
+    fwd, grad = forward_and_grad(new, state)
     for f, w, m in zip(kernels(fwd), kernels(new), kernels(masks)):
         np.testing.assert_array_equal(f, np.where(m, w, 0.0))
     assert not np.all(kernels(new)[0][~kernels(masks)[0]] == 0.0)  # dense weights kept
-    c = grads_like(params, 2)
-
-    def loss(p):
-        mp = masked_params(p, state)
-        return sum(jnp.sum(a * b) for a, b in zip(jax.tree.leaves(mp), jax.tree.leaves(c)))
-
-    grad = jax.grad(loss)(new)
     for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(c)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # straight through
-    _, state = step(g, state, new)
+    # The second step (masks set, plain STE): updates still exactly SGD's on every weight.
+    g2 = grads_like(params, 3)
+    updates, state = step(g2, state, new)
+    for u, gi in zip(jax.tree.leaves(updates), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(np.asarray(u), -lr * np.asarray(gi), rtol=1e-6)
     assert step._cache_size() == 1
 
 
@@ -121,60 +137,73 @@ def test_random_ste_exact_counts_and_fresh_draws():
     assert step._cache_size() == 1
 
 
-@pytest.mark.parametrize("scope", ["layer", "global"])
-def test_saliency_scores_and_exact_zeros(scope):
-    params = make_params()
+def both_scopes(make):
+    """One jitted step running the algorithm ``make(scope)`` for both scopes."""
+    txs = {scope: sparse(*make(scope)) for scope in SCOPES}
+
+    @jax.jit
+    def step(grads, states, params):
+        return {s: txs[s].update(grads[s], states[s], params[s]) for s in SCOPES}
+
+    return txs, step
+
+
+def test_saliency_scores_and_exact_zeros():
     sched = polynomial_decay(0.0, 0.8, begin_step=0, end_step=2, frequency=1)
-    tx = sparse(optax.adam(0.01), saliency_pruning(sched, scope=scope))
-    state = tx.init(params)
-    step = jax.jit(tx.update)
+    txs, step = both_scopes(lambda s: (optax.adam(0.01), saliency_pruning(sched, scope=s)))
+    params = {s: make_params() for s in SCOPES}
+    states = {s: txs[s].init(params[s]) for s in SCOPES}
     for t in range(3):
-        g = grads_like(params, 10 + t)
-        old = kernels(get_masks(state))
-        updates, state = step(g, state, params)
-        s = float(sched(t)[1])
-        score = [
-            np.where(m, np.abs(np.float32(w) * np.float32(gi)), -1.0)  # pruned rank last
-            for m, w, gi in zip(old, kernels(params), kernels(g))
-        ]
-        if scope == "layer":
-            want = [ref_top([x], ref_kept(x.size, s))[0] for x in score]
-        else:
-            want = ref_top(score, ref_kept(48 + 32, s))
-        for m, w in zip(kernels(get_masks(state)), want):
-            np.testing.assert_array_equal(m, w)
-        params = optax.apply_updates(params, updates)
-        for m, w in zip(kernels(get_masks(state)), kernels(params)):
-            assert np.all(w[~m] == 0.0)
+        g = {s: grads_like(params[s], 10 + t) for s in SCOPES}
+        out = step(g, states, params)
+        s_t = float(sched(t)[1])
+        for scope in SCOPES:
+            old = kernels(get_masks(states[scope]))
+            updates, states[scope] = out[scope]
+            score = [
+                np.where(m, np.abs(np.float32(w) * np.float32(gi)), -1.0)  # pruned rank last
+                for m, w, gi in zip(old, kernels(params[scope]), kernels(g[scope]))
+            ]
+            if scope == "layer":
+                want = [ref_top([x], ref_kept(x.size, s_t))[0] for x in score]
+            else:
+                want = ref_top(score, ref_kept(48 + 32, s_t))
+            for m, w in zip(kernels(get_masks(states[scope])), want):
+                np.testing.assert_array_equal(m, w)
+            params[scope] = optax.apply_updates(params[scope], updates)
+            for m, w in zip(kernels(get_masks(states[scope])), kernels(params[scope])):
+                assert np.all(w[~m] == 0.0)
     assert step._cache_size() == 1
 
 
-@pytest.mark.parametrize("scope", ["layer", "global"])
-def test_movement_scores_accumulate_and_rank(scope):
-    params = make_params()
+def test_movement_scores_accumulate_and_rank():
     sched = constant_sparsity(0.5, begin_step=2, frequency=2)
     lr = 0.05
-    tx = sparse(optax.sgd(lr), movement_pruning(sched, scope=scope))
-    state = tx.init(params)
-    step = jax.jit(tx.update)
-    scores = [np.zeros((6, 8), np.float32), np.zeros((8, 4), np.float32)]
+    txs, step = both_scopes(lambda s: (optax.sgd(lr), movement_pruning(sched, scope=s)))
+    params = {s: make_params() for s in SCOPES}
+    states = {s: txs[s].init(params[s]) for s in SCOPES}
+    scores = {s: [np.zeros((6, 8), np.float32), np.zeros((8, 4), np.float32)] for s in SCOPES}
     for t in range(3):
-        g = grads_like(params, 20 + t)
-        for i, (w, gi) in enumerate(zip(kernels(params), kernels(g))):
-            scores[i] = scores[i] - np.float32(w) * np.float32(gi)
-        updates, state = step(g, state, params)
-        for a, b in zip(kernels(state.algorithm.scores), scores):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-        # Dense weights keep training.
-        for u, gi in zip(kernels(updates), kernels(g)):
-            np.testing.assert_allclose(u, -lr * gi, rtol=1e-6)
-        params = optax.apply_updates(params, updates)
-    if scope == "layer":
-        want = [ref_top([s], ref_kept(s.size, 0.5))[0] for s in kernels(state.algorithm.scores)]
-    else:
-        want = ref_top(kernels(state.algorithm.scores), ref_kept(80, 0.5))
-    for m, w in zip(kernels(get_masks(state)), want):
-        np.testing.assert_array_equal(m, w)
+        g = {s: grads_like(params[s], 20 + t) for s in SCOPES}
+        out = step(g, states, params)
+        for scope in SCOPES:
+            for i, (w, gi) in enumerate(zip(kernels(params[scope]), kernels(g[scope]))):
+                scores[scope][i] = scores[scope][i] - np.float32(w) * np.float32(gi)
+            updates, states[scope] = out[scope]
+            for a, b in zip(kernels(states[scope].algorithm.scores), scores[scope]):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+            # Dense weights keep training.
+            for u, gi in zip(kernels(updates), kernels(g[scope])):
+                np.testing.assert_allclose(u, -lr * gi, rtol=1e-6)
+            params[scope] = optax.apply_updates(params[scope], updates)
+    for scope in SCOPES:
+        final = kernels(states[scope].algorithm.scores)
+        if scope == "layer":
+            want = [ref_top([s], ref_kept(s.size, 0.5))[0] for s in final]
+        else:
+            want = ref_top(final, ref_kept(80, 0.5))
+        for m, w in zip(kernels(get_masks(states[scope])), want):
+            np.testing.assert_array_equal(m, w)
     assert step._cache_size() == 1
 
 

@@ -365,7 +365,13 @@ def masked_params(params: Params, opt_state: Any) -> Params:
 # --------------------------------------------------------------------------- shared helpers
 
 
-# Jitted so that eager calls (random masks at init) run as one program; inlined inside a jit.
+# Up to this many keys in all, top_k_masks ranks by a stable sort: for small leaves a sort is as
+# fast as the radix select and compiles in a tenth of its time (a model of many small leaves
+# compiles one selection per leaf). Both give the same masks.
+SORT_MAX = 1 << 12
+
+
+# Jitted so that eager calls run as one program; inlined inside a jit.
 @jax.jit
 def top_k_masks(keys: list[Array], k: ArrayLike) -> list[Array]:
     """Exactly ``k`` entries kept over all ``keys`` together: the largest keys first.
@@ -374,6 +380,8 @@ def top_k_masks(keys: list[Array], k: ArrayLike) -> list[Array]:
     index first. ``1 <= k <=`` total size (may be traced); keys are unsigned integers.
     """
     k = jnp.asarray(k, jnp.int32)
+    if sum(x.size for x in keys) <= SORT_MAX:
+        return sorted_top_k(keys, k)
     kth = selection.kth_largest_key(keys, k)
     greater = [x > kth for x in keys]
     need = k - sum(jnp.sum(x, dtype=jnp.int32) for x in greater)
@@ -384,6 +392,19 @@ def top_k_masks(keys: list[Array], k: ArrayLike) -> list[Array]:
         rank = offset + jnp.cumsum(tie.reshape(-1), dtype=jnp.int32).reshape(x.shape)
         out.append(gt | (tie & (rank <= need)))
         offset = offset + jnp.sum(tie, dtype=jnp.int32)
+    return out
+
+
+def sorted_top_k(keys: list[Array], k: ArrayLike) -> list[Array]:
+    """:func:`top_k_masks` by a stable sort of all keys (largest first, then by position)."""
+    flat = jnp.concatenate([x.reshape(-1) for x in keys])
+    order = jnp.argsort(~flat, stable=True)  # ~ reverses the order of unsigned keys
+    rank = jnp.zeros(flat.shape, jnp.int32).at[order].set(jnp.arange(flat.size, dtype=jnp.int32))
+    keep = rank < jnp.asarray(k, jnp.int32)
+    out, start = [], 0
+    for x in keys:
+        out.append(keep[start : start + x.size].reshape(x.shape))
+        start += x.size
     return out
 
 

@@ -23,6 +23,7 @@ zeroed. Ties are broken by position (lower flat index ranks first), so the count
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -40,6 +41,7 @@ from jaxprune._src.sparse_core import (
     kept,
     leaf_sparsities,
     lift,
+    sorted_top_k,
     top_k_masks,
 )
 
@@ -55,13 +57,25 @@ def _plan(params: Params, sparsity: Any, rule: Any) -> list[int | None]:
 
 def _random_init(key: Array, params: Params, ks: list[int | None]) -> list[Array]:
     """A random mask per pruned leaf keeping exactly ``k`` entries; scalar ``True`` elsewhere."""
+    shapes = tuple(tuple(np.shape(x)) for x in jax.tree_util.tree_leaves(params))
+    return list(_random_masks(key, shapes, tuple(ks)))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _random_masks(key: Array, shapes: tuple, ks: tuple) -> list[Array]:
+    """Leaf ``i`` keeps the ``k`` largest of the uint32 bits drawn from ``fold_in(key, i)``.
+
+    One program for all leaves, run once at ``init``; the ``k`` largest are found by a sort at
+    any size (the mask :func:`top_k_masks` gives), which compiles in a fraction of the radix
+    select's time.
+    """
     out = []
-    for i, (x, k) in enumerate(zip(jax.tree_util.tree_leaves(params), ks)):
+    for i, (shape, k) in enumerate(zip(shapes, ks)):
         if k is None:
             out.append(jnp.ones((), bool))
             continue
-        bits = jax.random.bits(jax.random.fold_in(key, i), np.shape(x), jnp.uint32)
-        out.append(top_k_masks([bits], k)[0])
+        bits = jax.random.bits(jax.random.fold_in(key, i), shape, jnp.uint32)
+        out.append(sorted_top_k([bits], k)[0])
     return out
 
 
