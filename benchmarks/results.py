@@ -56,7 +56,7 @@ TF_CIFAR10_HPARAMS = (
 # Epochs per model (a fraction is rounded to whole steps); the rest is shared.
 BUDGETS = {
     "full": {
-        "epochs": {"mlp": 6, "cnn": 2},
+        "epochs": {"mlp": 4, "cnn": 0.5},
         "batch_size": 128,
         "learning_rate": 1e-3,
         "seeds": (0, 1, 2),
