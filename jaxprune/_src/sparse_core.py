@@ -256,34 +256,44 @@ def sparse(
             new_m = m_leaves
         else:
             turn = alg.turn(astate)
-            if alg.skip_update_on_turn:
-                u_leaves = [
-                    jnp.where(turn, jnp.zeros((), jnp.asarray(u).dtype), u) for u in u_leaves
-                ]
-                inner = jax.tree.map(lambda new, old: jnp.where(turn, old, new), inner, state.inner)
-
             plan = alg.plan(params)
+            # Everything that happens only on turns runs inside the cond: the new masks, and
+            # for RigL and SET the inner state of the turn (the old one when the update is
+            # skipped, newly grown entries zeroed). Off turns the state passes through, so a
+            # step that is not a turn costs no extra pass over the optimizer's state.
+            with_state = alg.skip_update_on_turn or alg.regrows
 
-            def recompute(ops):
-                st, p, g, u = ops
-                return list(alg.recompute(plan, st, p, g, u))
+            def on_turn(ops):
+                st, p, g, u, inner_new, inner_old = ops
+                masks = list(alg.recompute(plan, st, p, g, u))
+                if not with_state:
+                    return masks, None
+                inner_t = inner_old if alg.skip_update_on_turn else inner_new
+                if alg.regrows:
+                    grown = [None] * len(p_leaves)
+                    for i in pruned:
+                        grown[i] = masks[i] & ~m_leaves[i]
+                    inner_t = _reset_grown(inner_t, treedef, p_leaves, grown)
+                return masks, inner_t
 
-            def keep(ops):
-                return list(treedef.flatten_up_to(ops[0].masks))
+            def off_turn(ops):
+                return list(treedef.flatten_up_to(ops[0].masks)), ops[4]
 
             operands = (
                 astate,
                 p_leaves,
                 g_leaves if "grads" in alg.reads else None,
                 u_leaves if "updates" in alg.reads else None,
+                inner if with_state else None,
+                state.inner if alg.skip_update_on_turn else None,
             )
-            new_m = lax.cond(turn, recompute, keep, operands)
-
-        if alg.regrows:
-            grown = [None] * len(p_leaves)
-            for i in pruned:
-                grown[i] = new_m[i] & ~m_leaves[i]
-            inner = _reset_grown(inner, treedef, p_leaves, grown)
+            new_m, inner_t = lax.cond(turn, on_turn, off_turn, operands)
+            if with_state:
+                inner = inner_t
+            if alg.skip_update_on_turn:  # a scalar select: fuses into the updates' arithmetic
+                u_leaves = [
+                    jnp.where(turn, jnp.zeros((), jnp.asarray(u).dtype), u) for u in u_leaves
+                ]
 
         if alg.straight_through:
             out = u_leaves
@@ -383,16 +393,25 @@ def top_k_masks(keys: list[Array], k: ArrayLike) -> list[Array]:
     if sum(x.size for x in keys) <= SORT_MAX:
         return sorted_top_k(keys, k)
     kth = selection.kth_largest_key(keys, k)
-    greater = [x > kth for x in keys]
-    need = k - sum(jnp.sum(x, dtype=jnp.int32) for x in greater)
-    out = []
-    offset = jnp.zeros((), jnp.int32)
-    for x, gt in zip(keys, greater):
-        tie = x == kth
-        rank = offset + jnp.cumsum(tie.reshape(-1), dtype=jnp.int32).reshape(x.shape)
-        out.append(gt | (tie & (rank <= need)))
-        offset = offset + jnp.sum(tie, dtype=jnp.int32)
-    return out
+    n_greater = sum(jnp.sum(x > kth, dtype=jnp.int32) for x in keys)
+    n_ties = sum(jnp.sum(x == kth, dtype=jnp.int32) for x in keys)
+    need = k - n_greater  # how many of the keys equal to the k-th are kept
+
+    def all_ties(keys):
+        return [x >= kth for x in keys]
+
+    def first_ties(keys):  # by position: one cumulative sum over the tie masks
+        out = []
+        offset = jnp.zeros((), jnp.int32)
+        for x in keys:
+            tie = x == kth
+            rank = offset + jnp.cumsum(tie.reshape(-1), dtype=jnp.int32).reshape(x.shape)
+            out.append((x > kth) | (tie & (rank <= need)))
+            offset = offset + jnp.sum(tie, dtype=jnp.int32)
+        return out
+
+    # Keys of continuous values rarely tie at the k-th: then no cumulative sum is needed.
+    return lax.cond(need == n_ties, all_ties, first_ties, keys)
 
 
 def sorted_top_k(keys: list[Array], k: ArrayLike) -> list[Array]:
