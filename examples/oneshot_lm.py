@@ -418,7 +418,8 @@ def plot(dense: float, rows: list[Row], path: Path, title: str) -> None:
             ticks.append(x)
             tick_labels.append(r.label)
             x += 1
-        ax.text(x - (len(group) + 1) / 2, 0, f"\n\n\n{pattern}", ha="center", va="top")
+        center = x - (len(group) + 1) / 2
+        ax.text(center, -0.16, pattern, transform=ax.get_xaxis_transform(), ha="center")
         x += 0.8
     ax.axhline(dense, color="black", linestyle=":", label=f"dense: {dense:.2f}")
     ax.set_xticks(ticks, tick_labels, rotation=20, fontsize=8)
@@ -525,9 +526,10 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(dense, rows))
 
     plot_path = args.out / "oneshot_lm.png"
+    source = "the Python 3.11 docs" if args.corpus == DEFAULT_CORPUS else args.corpus.name
     title = (
         f"One-shot pruning of a byte-level LM ({n_params / 1e6:.2f}M parameters) "
-        f"on Python 3.11 docs, seed {seed}"
+        f"on {source}, seed {seed}"
     )
     plot(dense, rows, plot_path, title)
     print(f"\nplot:      {plot_path}")

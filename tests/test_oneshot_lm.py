@@ -81,8 +81,12 @@ def test_quick_run_prints_every_method(example, tmp_path, capsys):
     expected = [("dense", "-")] + [(m.label, m.pattern) for m in example.METHODS]
     assert sorted(found) == sorted(expected), table
     assert all(math.isfinite(ppl) for _, ppl in found.values()), table
-    # Every pruned model is at 50% sparsity in its pruned kernels (OWL: 50% in total).
-    assert all(abs(sp - 50.0) < 0.5 for key, (sp, _) in found.items() if key[0] != "dense")
+    # Every pruned model is at 50% sparsity in its pruned kernels (SparseGPT: a few more on
+    # ties). OWL's per-layer sparsities average to 50%, but each column of a layer keeps
+    # int(in * s_l) zeros: on these tiny layers (32 inputs) the rounding costs a few points.
+    for (label, _), (sp, _) in found.items():
+        if label != "dense":
+            assert abs(sp - 50.0) < (5.0 if "OWL" in label else 0.5), table
     # The dense model has learned something: it beats predicting every byte with 1/256.
     dense = found["dense", "-"][1]
     assert dense < example.VOCAB / 4, table
