@@ -19,6 +19,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxprune._src import selection, spec, trees
 from jaxprune._src.base import Array, ArrayLike, LeafRule, Masks, Params, check_sparsity
@@ -104,6 +105,127 @@ def _global_threshold(
     widest = max(dtypes, key=lambda d: jnp.dtype(d).itemsize)
     masks = [src.keys(*src.arrays) >= kth for src in sources]
     return masks, selection.key_to_magnitude(kth, widest)
+
+
+# Leaves up to this size are stacked by shape and dtype for a batched selection, which costs a
+# copy of them during the selection; larger leaves take part in place, one counting step each.
+_STACK_MAX = 1 << 20
+
+
+def stackable(arrays: list[Any]) -> bool:
+    # Stacking same-shaped leaves is only safe where nothing is sharded: leaves of one shape may
+    # be split over devices differently, and stacking them would move data between devices.
+    return jax.device_count() == 1 and all(
+        selection._replicated(a) is None for a in arrays if a is not None
+    )
+
+
+def layer_rows(leaves: list[Any], stackable: bool) -> dict[Any, list[list[int]]]:
+    """How :func:`layer_kth` ranks ``leaves``: per key dtype, its parts (lists of leaf indices).
+
+    The leaves of one part are stacked (one row each, in order); rows are numbered part after
+    part. Empty leaves take part in no selection.
+    """
+    out: dict[Any, list[list[int]]] = {}
+    by_shape: dict[Any, list[int]] = {}
+    for i, x in enumerate(leaves):
+        if x.size == 0:
+            continue
+        ktype = selection.key_dtype([x.dtype])
+        if stackable and x.size <= _STACK_MAX:
+            by_shape.setdefault((ktype, x.shape, jnp.dtype(x.dtype)), []).append(i)
+        else:
+            out.setdefault(ktype, []).append([i])
+    for (ktype, _, _), same in by_shape.items():
+        out.setdefault(ktype, []).append(same)
+    return out
+
+
+def layer_kth(
+    leaves: list[Array], sparsity: Array, updates: list[Any], rows: dict[Any, list[list[int]]]
+) -> dict[Any, Array]:
+    """Per key dtype, the k-th largest key of every row of ``rows`` (:func:`layer_rows`)."""
+    out = {}
+    for ktype, members in rows.items():
+        parts, row = [], 0
+        for same in members:
+            if len(same) == 1:
+                i = same[0]
+                src = selection.magnitude_source(leaves[i], ktype, updates[i])
+                parts.append(selection.Part(src, row))
+            else:
+                # The weights this step produces, added in the leaf's dtype as optax does.
+                stack = jnp.stack(
+                    [
+                        leaves[i]
+                        if updates[i] is None
+                        else (leaves[i] + updates[i]).astype(leaves[i].dtype)
+                        for i in same
+                    ]
+                )
+                # Materialised once, not recomputed in every counting pass.
+                stack = jax.lax.optimization_barrier(stack)
+                src = selection.magnitude_source(stack, ktype)
+                parts.append(selection.Part(src, row, True))
+            row += len(same)
+        order = [i for same in members for i in same]
+        # Vectors, not a few scalar operations per leaf: each would be a small program to
+        # compile.
+        s = sparsity if sparsity.ndim == 0 else sparsity[np.asarray(order)]
+        k = selection.kept_counts([leaves[i].size for i in order], s)
+        out[ktype] = selection.kth_largest_keys(parts, k)
+    return out
+
+
+def layer_masks(
+    leaves: list[Array], updates: list[Any], rows: dict[Any, list[list[int]]], kth: dict[Any, Array]
+) -> tuple[list[Array], list[Array]]:
+    """Masks and thresholds (in each leaf's dtype) from the keys :func:`layer_kth` found."""
+    masks: list[Any] = [jnp.ones(x.shape, bool) for x in leaves]
+    thresholds: list[Any] = [jnp.zeros((), x.dtype) for x in leaves]
+    for ktype, members in rows.items():
+        order = [i for same in members for i in same]
+        values = {}
+        for r, i in enumerate(order):
+            dtype = jnp.dtype(leaves[i].dtype)
+            if dtype not in values:
+                values[dtype] = selection.key_to_magnitude(kth[ktype], dtype)
+            src = selection.magnitude_source(leaves[i], ktype, updates[i])
+            masks[i] = src.keys(*src.arrays) >= kth[ktype][r]
+            thresholds[i] = values[dtype][r]
+    return masks, thresholds
+
+
+def layer_thresholds(
+    leaves: list[Array], sparsity: ArrayLike, updates: list[Array | None] | None = None
+) -> tuple[list[Array], list[Array]]:
+    """Masks of ``leaves`` (or ``leaves + updates``), each leaf ranked on its own, in one go.
+
+    Gives for every leaf what :func:`magnitude_threshold` gives, but with one batched selection
+    for all leaves of one key width (:func:`selection.kth_largest_keys`), so that the compiled
+    program does not grow with the number of leaves beyond a mask per leaf. ``sparsity`` is a
+    scalar or one value per leaf. Thresholds are in each leaf's dtype.
+    """
+    leaves = [jnp.asarray(x) for x in leaves]
+    for x in leaves:
+        _check_float(x, "leaves")
+    s = jnp.asarray(sparsity, jnp.float32)
+    if s.ndim not in (0, 1) or (s.ndim == 1 and s.shape[0] != len(leaves)):
+        raise ValueError(
+            f"sparsity must be a scalar or have one entry per leaf ({len(leaves)}), got shape "
+            f"{s.shape}"
+        )
+    return _layer_thresholds(leaves, s, updates)
+
+
+@jax.jit
+def _layer_thresholds(
+    leaves: list[Array], sparsity: Array, updates: list[Array | None] | None
+) -> tuple[list[Array], list[Array]]:
+    updates = [None] * len(leaves) if updates is None else list(updates)
+    rows = layer_rows(leaves, stackable(leaves + updates))
+    kth = layer_kth(leaves, sparsity, updates, rows)
+    return layer_masks(leaves, updates, rows, kth)
 
 
 def global_magnitude_masks(

@@ -19,23 +19,32 @@ patterns of the magnitudes:
   for 32-bit keys, four for 64-bit keys, each linear in ``n``, with static shapes, so the
   routine runs under ``jit`` on CPU, GPU and TPU.
 
+Many leaves, each ranked on its own (per-layer pruning), share one selection
+(:func:`kth_largest_keys`): rows of one histogram of shape ``(rows, bins)``, narrower digits when
+there are many small rows, and one digit pick for all rows per pass, so a model with hundreds of
+pruned leaves does not compile hundreds of selections.
+
+On GPU and TPU, where scatter-adds into many bins may serialise, the keys are counted without a
+scatter: per pass, ``#{keys >= c}`` for the 15 candidates ``c`` of the next 4-bit digit (eight
+passes for 32-bit keys), with comparisons and sums only. ``selection_method`` forces either
+method (tests run both on CPU).
+
 The result is bit for bit the value a full descending sort would put at position ``k - 1``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxprune._src.base import Array, ArrayLike
-
-_DIGIT_BITS = 16
-_NUM_BINS = 1 << _DIGIT_BITS
 
 
 def key_dtype(dtypes: Sequence[jnp.dtype]) -> jnp.dtype:
@@ -73,30 +82,10 @@ def key_to_magnitude(key: Array, dtype: jnp.dtype) -> Array:
     return value.astype(dtype)
 
 
-def _count_from_top(counts: Array, k: Array) -> tuple[Array, Array]:
-    """The largest index ``i`` with ``sum(counts[i:]) >= k``, and ``sum(counts[i + 1:])``."""
-    at_least = jnp.cumsum(counts[::-1])[::-1]  # non-increasing
-    i = jnp.maximum(jnp.sum(at_least >= k) - 1, 0)
-    return i, at_least[i] - counts[i]
-
-
-def _pick_digit(hist: Array, k: Array) -> tuple[Array, Array]:
-    """The digit holding the k-th largest candidate, and how many candidates lie above it.
-
-    Two levels of 256 (rows, then the cells of one row): a cumulative sum over 65536 bins costs
-    about as much as a histogram pass over a million-entry leaf.
-    """
-    side = 1 << (_DIGIT_BITS // 2)
-    grid = hist.reshape(side, side)
-    row, above_row = _count_from_top(grid.sum(axis=1), k)
-    col, above_col = _count_from_top(grid[row], k - above_row)
-    return row * side + col, above_row + above_col
-
-
 class KeySource(NamedTuple):
     """Keys computed on the fly: ``keys(*(a.reshape(-1)[i:j] for a in arrays))``.
 
-    The arrays share one size; ``keys`` maps equal-length flat slices of them to unsigned keys
+    The arrays share one shape; ``keys`` maps equal-shaped slices of them to unsigned keys
     elementwise. Keys are produced chunk by chunk and never stored whole, so ranking ``w + u``
     costs no copy of ``w + u``.
     """
@@ -113,6 +102,84 @@ def magnitude_source(x: Array, ktype: jnp.dtype, update: Array | None = None) ->
         (x, update), lambda a, b: magnitude_keys(jnp.asarray(a + b).astype(a.dtype), ktype)
     )
 
+
+class Part(NamedTuple):
+    """Keys that take part in the selection of one or several rows.
+
+    With ``stacked=False`` every key of ``source`` belongs to row ``row``; with ``stacked=True``
+    the source's arrays have a leading axis and slice ``r`` of it belongs to row ``row + r``.
+    Several parts may feed one row (their keys are ranked together).
+    """
+
+    source: KeySource
+    row: int
+    stacked: bool = False
+
+    @property
+    def rows(self) -> int:
+        return self.source.arrays[0].shape[0] if self.stacked else 1
+
+    @property
+    def size(self) -> int:
+        return self.source.arrays[0].size
+
+
+# ----------------------------------------------------------------------------- the methods
+
+METHODS = ("auto", "histogram", "compare")
+_method = "auto"
+
+
+@contextlib.contextmanager
+def selection_method(method: str) -> Iterator[None]:
+    """Forces a counting method for the selections traced inside the ``with`` block.
+
+    ``"histogram"`` counts the digits of the keys with scatter-adds into histograms;
+    ``"compare"`` counts keys against a small vector of candidate keys with comparisons and
+    sums (no scatter). ``"auto"`` (the default) takes the histogram on CPU and comparisons on
+    GPU and TPU, where scatter-adds into many bins may serialise. The choice is read when a
+    function is traced: a function already compiled keeps the method it was traced with.
+    """
+    global _method
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    before, _method = _method, method
+    try:
+        yield
+    finally:
+        _method = before
+
+
+def _resolve(method: str | None) -> str:
+    method = _method if method is None else method
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    return method
+
+
+def _digits(nbits: int, width: int) -> list[tuple[int, int]]:
+    """``(shift, width)`` of each digit of an ``nbits`` key, most significant first."""
+    out, top = [], nbits
+    while top > 0:
+        w = min(width, top)
+        out.append((top - w, w))
+        top -= w
+    return out
+
+
+def _row_shape(part: Part, ndim: int) -> tuple[int, ...]:
+    """Shape that broadcasts a per-row value against keys of ``ndim`` dimensions."""
+    return (part.rows,) + (1,) * (ndim - 1) if part.stacked else ()
+
+
+def _rows_of(part: Part, values: Array) -> Array:
+    """The rows of ``values`` (indexed by row on axis 0) that ``part`` feeds."""
+    if part.stacked:
+        return values[part.row : part.row + part.rows]
+    return values[part.row]
+
+
+# ------------------------------------------------------------------- histogram (scatter-add)
 
 # On CPU the histogram passes stream over chunks of this many entries: XLA's CPU runtime maps
 # fresh pages for every temporary buffer on every call, and page faults on an n-sized key or
@@ -132,61 +199,221 @@ def _replicated(x: Array) -> NamedSharding | None:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def _add_to_hist(hist: Array, keys: Array, shift: int, prefix: Array | None) -> Array:
-    digit = (keys >> shift) & (_NUM_BINS - 1)
+def _add_to_hist(
+    hist: Array, keys: Array, part: Part, shift: int, width: int, prefix: Array | None
+) -> Array:
+    """Adds the digits of ``keys`` to ``hist``, a flat ``(rows, 2**width)`` histogram."""
+    nbins = 1 << width
+    digit = ((keys >> shift) & (nbins - 1)).astype(jnp.int32)
+    if part.stacked:
+        row = lax.broadcasted_iota(jnp.int32, keys.shape, 0) + part.row
+    else:
+        row = part.row
+    index = row * nbins + digit
     out_sharding = _replicated(keys)
     if prefix is None:
-        return hist.at[digit].add(1, mode="promise_in_bounds", out_sharding=out_sharding)
-    # Only keys that share the digits found so far take part; the others go to an
-    # out-of-range bin and are dropped.
-    match = (keys >> (shift + _DIGIT_BITS)) == prefix
-    index = jnp.where(match, digit, _NUM_BINS)
+        return hist.at[index].add(1, mode="promise_in_bounds", out_sharding=out_sharding)
+    # Only keys that share the digits found so far for their row take part; the others go to
+    # an out-of-range bin and are dropped.
+    want = _rows_of(part, prefix).reshape(_row_shape(part, keys.ndim))
+    match = (keys >> (shift + width)) == want
+    index = jnp.where(match, index, hist.size)
     return hist.at[index].add(1, mode="drop", out_sharding=out_sharding)
 
 
 def _hist_pass(
-    hist: Array, src: KeySource, shift: int, prefix: Array | None, chunk: int | None
+    hist: Array,
+    part: Part,
+    arrays: Sequence[Array],
+    shift: int,
+    width: int,
+    prefix: Array | None,
+    chunk: int | None,
 ) -> Array:
-    size = src.arrays[0].size
-    if chunk is None or size <= chunk:
+    size = part.size
+    keys_fn = part.source.keys
+    if part.stacked or chunk is None or size <= chunk:
         # Keys keep the arrays' own shape: flattening an array sharded along an inner axis
         # would gather it onto every device.
-        return _add_to_hist(hist, src.keys(*src.arrays), shift, prefix)
-    flat = [a.reshape(-1) for a in src.arrays]
+        return _add_to_hist(hist, keys_fn(*arrays), part, shift, width, prefix)
+    flat = [a.reshape(-1) for a in arrays]
     full, tail = divmod(size, chunk)
 
     def body(i, h):
         pieces = [lax.dynamic_slice_in_dim(a, i * chunk, chunk) for a in flat]
-        return _add_to_hist(h, src.keys(*pieces), shift, prefix)
+        return _add_to_hist(h, keys_fn(*pieces), part, shift, width, prefix)
 
     hist = lax.fori_loop(0, full, body, hist)
     if tail:
-        hist = _add_to_hist(hist, src.keys(*[a[full * chunk :] for a in flat]), shift, prefix)
+        rest = keys_fn(*[a[full * chunk :] for a in flat])
+        hist = _add_to_hist(hist, rest, part, shift, width, prefix)
     return hist
 
 
-def _histogram(sources: Sequence[KeySource], shift: int, prefix: Array | None) -> Array:
-    def build(chunk, *arrays):
-        hist = jnp.zeros((_NUM_BINS,), jnp.int32)
-        it = iter(arrays)
-        for src in sources:
-            own = KeySource(tuple(next(it) for _ in src.arrays), src.keys)
-            hist = _hist_pass(hist, own, shift, prefix, chunk)
-        return hist
+def _count_from_top(counts: Array, k: Array) -> tuple[Array, Array]:
+    """Per row: the largest ``i`` with ``sum(counts[i:]) >= k``, and ``sum(counts[i + 1:])``."""
+    at_least = jnp.cumsum(counts[:, ::-1], axis=1)[:, ::-1]  # non-increasing along a row
+    i = jnp.maximum(jnp.sum(at_least >= k[:, None], axis=1, dtype=jnp.int32) - 1, 0)
+    at_i = jnp.take_along_axis(at_least, i[:, None], axis=1)[:, 0]
+    count_i = jnp.take_along_axis(counts, i[:, None], axis=1)[:, 0]
+    return i, at_i - count_i
 
-    arrays = [a for src in sources for a in src.arrays]
+
+def _pick_digits(hist: Array, k: Array, width: int) -> tuple[Array, Array]:
+    """Per row, the digit holding the k-th largest candidate and how many lie above it.
+
+    Two levels (groups of bins, then the bins of one group): a cumulative sum over 65536 bins
+    costs about as much as a histogram pass over a million-entry leaf.
+    """
+    lo = 1 << (width - width // 2)
+    grid = hist.reshape(k.shape[0], -1, lo)
+    group, above_group = _count_from_top(grid.sum(axis=2), k)
+    cells = jnp.take_along_axis(grid, group[:, None, None], axis=1)[:, 0]
+    cell, above_cell = _count_from_top(cells, k - above_group)
+    return group * lo + cell, above_group + above_cell
+
+
+def _hist_width(nrows: int, total: int) -> int:
+    """Digit width for ``nrows`` rows over ``total`` keys: the histograms stay below ~``total``.
+
+    One row takes 16-bit digits (two passes for 32-bit keys); many small rows take narrower
+    digits (more passes), so that zeroing and summing ``nrows`` histograms never costs more
+    than a pass over the keys.
+    """
+    for width in (16, 11, 8):
+        if nrows << width <= max(total, 1 << 16):
+            return width
+    return 8
+
+
+def _histogram_select(
+    parts: Sequence[Part], k: Array, ktype: jnp.dtype, chunk: int | None, *arrays
+):
+    nrows = k.shape[0]
+    width = _hist_width(nrows, sum(p.size for p in parts))
+    prefix = None
+    for shift, w in _digits(8 * ktype.itemsize, width):
+        hist = jnp.zeros((nrows << w,), jnp.int32)
+        it = iter(arrays)
+        for part in parts:
+            own = [next(it) for _ in part.source.arrays]
+            hist = _hist_pass(hist, part, own, shift, w, prefix, chunk)
+        digit, above = _pick_digits(hist, k, w)
+        k = k - above
+        digit = digit.astype(ktype)
+        prefix = digit if prefix is None else (prefix << w) | digit
+    return prefix
+
+
+# --------------------------------------------------------------- comparisons (scatter-free)
+
+# Digit width of the comparison method: 2**4 - 1 = 15 candidates per pass, 8 passes for 32-bit
+# keys. Each pass reads the keys once and compares each with every candidate, so the work is
+# (2**w - 1) * 32 / w comparisons per key: 120 at w = 4 against 1020 at w = 8.
+_COMPARE_BITS = 4
+
+
+def _count_at_least(keys: Array, part: Part, cands: Array) -> Array:
+    """``(rows, C)``: per row of ``part``, how many of its keys are ``>=`` each candidate."""
+    c = _rows_of(part, cands)  # (rows, C) or (C,)
+    c = c.reshape(_row_shape(part, keys.ndim) + (cands.shape[1],))
+    if not part.stacked:
+        c = c.reshape((1,) * keys.ndim + (cands.shape[1],))
+    ge = keys[..., None] >= c
+    first = 1 if part.stacked else 0
+    counts = jnp.sum(ge, axis=tuple(range(first, keys.ndim)), dtype=jnp.int32)
+    return counts if part.stacked else counts[None]
+
+
+def _compare_select(parts: Sequence[Part], k: Array, ktype: jnp.dtype, width: int, *arrays):
+    # The k-th largest key is the largest t with #{keys >= t} >= k. It is found digit by digit:
+    # with the higher digits known (prefix), the digit is the largest d whose candidate
+    # prefix | d << shift still has at least k keys at or above it. Counts are over all keys,
+    # so k never changes and no key is filtered by prefix.
+    nrows = k.shape[0]
+    prefix = jnp.zeros((nrows,), ktype)
+    for shift, w in _digits(8 * ktype.itemsize, width):
+        steps = jnp.arange(1, 1 << w, dtype=ktype) << shift
+        cands = prefix[:, None] | steps[None, :]  # (rows, 2**w - 1)
+        counts = jnp.zeros(cands.shape, jnp.int32)
+        it = iter(arrays)
+        for part in parts:
+            own = [next(it) for _ in part.source.arrays]
+            c = _count_at_least(part.source.keys(*own), part, cands)
+            pad = ((part.row, nrows - part.row - part.rows), (0, 0))
+            counts = counts + jnp.pad(c, pad)
+        digit = jnp.sum(counts >= k[:, None], axis=1, dtype=jnp.int32)  # counts non-increasing
+        prefix = prefix | (digit.astype(ktype) << shift)
+    return prefix
+
+
+# ------------------------------------------------------------------------------- the entry
+
+
+def _key_dtype_of(parts: Sequence[Part]) -> jnp.dtype:
+    ktypes = {
+        jax.eval_shape(
+            p.source.keys, *[jax.ShapeDtypeStruct((1,), a.dtype) for a in p.source.arrays]
+        ).dtype
+        for p in parts
+    }
+    if len(ktypes) != 1 or not jnp.issubdtype(next(iter(ktypes)), jnp.unsignedinteger):
+        raise TypeError(f"all keys must share one unsigned dtype, got {sorted(map(str, ktypes))}")
+    return jnp.dtype(next(iter(ktypes)))
+
+
+def kth_largest_keys(parts: Sequence[Part], k: ArrayLike, *, method: str | None = None) -> Array:
+    """The exact ``k[r]``-th largest key (1-based) of each row ``r``, all rows at once.
+
+    One selection serves every row: each counting pass makes one histogram (or one count
+    vector) of shape ``(rows, bins)`` and picks the digits of all rows together, so the program
+    does not grow with the number of rows beyond one counting step per :class:`Part`.
+
+    Args:
+      parts: the keys of every row (:class:`Part`); all of one unsigned key dtype.
+      k: shape ``(rows,)`` ints, traced or concrete, ``1 <= k[r] <=`` the number of keys of row
+        ``r``. Outside that range the row's result is not one of its keys.
+      method: ``"histogram"``, ``"compare"`` or ``"auto"`` (histogram on CPU, comparisons on
+        other platforms); default: the one :func:`selection_method` set, ``"auto"``.
+
+    Returns:
+      Shape ``(rows,)``, of the key dtype.
+    """
+    if not parts:
+        raise ValueError("kth_largest_keys needs at least one part")
+    method = _resolve(method)
+    ktype = _key_dtype_of(parts)
+    k = jnp.asarray(k, jnp.int32)
+    nrows = k.shape[0] if k.ndim == 1 else -1
+    covered = sorted((p.row, p.row + p.rows) for p in parts)
+    if k.ndim != 1 or covered[0][0] != 0 or max(hi for _, hi in covered) != nrows:
+        raise ValueError(
+            f"k must have one entry per row and the parts must cover rows 0..{nrows - 1}; got k "
+            f"of shape {k.shape} and rows {covered}"
+        )
+    arrays = [a for p in parts for a in p.source.arrays]
+    if method == "compare":
+        return _compare_select(parts, k, ktype, _COMPARE_BITS, *arrays)
     # Chunks are dynamic slices, which would gather an array sharded over several devices, so
     # they are used only where there is one device.
     single = jax.device_count() == 1 and all(_replicated(a) is None for a in arrays)
     cpu_chunk = _CPU_CHUNK if single else None
+    if method == "histogram":
+        return lax.platform_dependent(
+            *arrays,
+            cpu=lambda *a: _histogram_select(parts, k, ktype, cpu_chunk, *a),
+            default=lambda *a: _histogram_select(parts, k, ktype, None, *a),
+        )
     return lax.platform_dependent(
         *arrays,
-        cpu=lambda *a: build(cpu_chunk, *a),
-        default=lambda *a: build(None, *a),
+        cpu=lambda *a: _histogram_select(parts, k, ktype, cpu_chunk, *a),
+        default=lambda *a: _compare_select(parts, k, ktype, _COMPARE_BITS, *a),
     )
 
 
-def kth_largest_key(sources: Sequence[KeySource | Array], k: ArrayLike) -> Array:
+def kth_largest_key(
+    sources: Sequence[KeySource | Array], k: ArrayLike, *, method: str | None = None
+) -> Array:
     """The exact ``k``-th largest key (1-based) among all keys of all ``sources``.
 
     Args:
@@ -194,6 +421,7 @@ def kth_largest_key(sources: Sequence[KeySource | Array], k: ArrayLike) -> Array
         together.
       k: traced or concrete int, ``1 <= k <= total size`` (:func:`kept_count` gives such a
         k). Outside that range the result is not a key of the input: clamp ``k`` first.
+      method: as in :func:`kth_largest_keys`.
 
     Returns:
       A scalar of the key dtype.
@@ -201,23 +429,8 @@ def kth_largest_key(sources: Sequence[KeySource | Array], k: ArrayLike) -> Array
     if not sources:
         raise ValueError("kth_largest_key needs at least one source of keys")
     sources = [s if isinstance(s, KeySource) else KeySource((s,), lambda a: a) for s in sources]
-    ktypes = {
-        jax.eval_shape(s.keys, *[jax.ShapeDtypeStruct((1,), a.dtype) for a in s.arrays]).dtype
-        for s in sources
-    }
-    if len(ktypes) != 1 or not jnp.issubdtype(next(iter(ktypes)), jnp.unsignedinteger):
-        raise TypeError(f"all keys must share one unsigned dtype, got {sorted(map(str, ktypes))}")
-    ktype = jnp.dtype(next(iter(ktypes)))
-    nbits = 8 * ktype.itemsize
-    k = jnp.asarray(k, jnp.int32)
-    prefix = None
-    for shift in range(nbits - _DIGIT_BITS, -1, -_DIGIT_BITS):
-        hist = _histogram(sources, shift, prefix)
-        digit, above = _pick_digit(hist, k)
-        k = k - above
-        digit = digit.astype(ktype)
-        prefix = digit if prefix is None else (prefix << _DIGIT_BITS) | digit
-    return prefix
+    k = jnp.asarray(k, jnp.int32).reshape(1)
+    return kth_largest_keys([Part(s, 0) for s in sources], k, method=method)[0]
 
 
 def kept_count(size: int, sparsity: ArrayLike) -> Array:
@@ -237,3 +450,19 @@ def kept_count(size: int, sparsity: ArrayLike) -> Array:
     k = jnp.clip(k, 1.0, float(size))
     k = jnp.where(jnp.isnan(s), jnp.float32(size), k)
     return jnp.minimum(k.astype(jnp.int32), size)
+
+
+def kept_counts(sizes: Sequence[int], sparsity: ArrayLike) -> Array:
+    """:func:`kept_count` for several sizes at once (``sparsity``: a scalar or one per size)."""
+    for size in sizes:
+        if size >= 2**31:
+            raise ValueError(
+                f"cannot rank {size} entries together: at most 2**31 - 1 are supported (int32 "
+                "counts)"
+            )
+    n = jnp.asarray(np.asarray(sizes, np.float32))
+    s = jnp.asarray(sparsity, jnp.float32)
+    k = jnp.round(n * (jnp.float32(1.0) - s))  # the same float32 operations as kept_count
+    k = jnp.clip(k, 1.0, n)
+    k = jnp.where(jnp.isnan(s), n, k)
+    return jnp.minimum(k.astype(jnp.int32), jnp.asarray(np.asarray(sizes, np.int32)))

@@ -366,6 +366,15 @@ def magnitude_pruning(
                     )
                     for j, m in zip(together, shared):
                         masks[j], thrs[j] = m, thr.astype(p[j].dtype)
+                # Unstructured leaves ranked on their own share one batched selection: the
+                # program does not grow by a selection per leaf.
+                alone = [j for j, i in enumerate(idx) if masks[j] is None and structs[i] is None]
+                if len(alone) > 1:
+                    got = masks_lib.layer_thresholds(
+                        [p[j] for j in alone], s, [u[j] for j in alone]
+                    )
+                    for j, m, t in zip(alone, *got):
+                        masks[j], thrs[j] = m, t
                 for j, i in enumerate(idx):
                     if masks[j] is not None:
                         continue

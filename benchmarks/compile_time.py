@@ -1,0 +1,176 @@
+"""Compile time and step time of a pruned train step with hundreds of pruned leaves.
+
+A 24-layer MLP-style model, each layer made of 8 kernels of 48x48 (and their biases): 192
+pruned kernels. The jitted train step with ``optax.adam`` and ``jaxprune.magnitude_pruning``
+last in the chain is compared with the same step without pruning, in one process:
+
+* compile time: ``jax.jit(step).lower(...).compile()`` (tracing, lowering and XLA
+  compilation), the median of ``--compiles`` fresh compilations each, as the ratio pruned /
+  plain (target <= 2 for per-layer pruning);
+* step time: the compiled steps run interleaved, on a step where the schedule prunes and on one
+  where it does not, as the median of per-repetition ratios pruned / plain.
+
+Every pruned step is checked to reach the schedule's sparsity on the pruning step.
+
+Usage::
+
+    python benchmarks/compile_time.py            # layer and global scope
+    python benchmarks/compile_time.py --quick    # 6 layers, fewer repetitions (smoke test)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import jaxprune as jp
+
+WIDTH = 48
+KERNELS_PER_LAYER = 8
+SPARSITY = 0.8
+
+
+def init_params(layers: int) -> dict:
+    key = jax.random.key(0)
+    params = {}
+    for layer in range(layers):
+        block = {}
+        for j in range(KERNELS_PER_LAYER):
+            k = jax.random.fold_in(key, layer * KERNELS_PER_LAYER + j)
+            block[f"kernel_{j}"] = jax.random.normal(k, (WIDTH, WIDTH)) / WIDTH**0.5
+            block[f"bias_{j}"] = jnp.zeros((WIDTH,))
+        params[f"layer_{layer}"] = block
+    return params
+
+
+def loss_fn(params: dict, x: jax.Array) -> jax.Array:
+    h = x
+    for block in params.values():
+        for j in range(KERNELS_PER_LAYER):
+            h = jnp.tanh(h @ block[f"kernel_{j}"] + block[f"bias_{j}"][None])
+    return jnp.mean((h - x) ** 2)
+
+
+def make_step(tx: optax.GradientTransformation):
+    def step(params, opt_state, x):
+        loss, grads = jax.value_and_grad(loss_fn)(params, x)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return step
+
+
+def compile_seconds(step, args, repeats: int) -> tuple[float, object]:
+    """Median seconds to trace, lower and compile ``step`` from scratch; and the executable."""
+    times, compiled = [], None
+    for _ in range(repeats):
+        jax.clear_caches()
+        t0 = time.perf_counter()
+        compiled = jax.jit(step).lower(*args).compile()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), compiled
+
+
+def set_count(opt_state, count: int):
+    def fix(s):
+        if isinstance(s, jp.MagnitudePruningState):
+            return s._replace(count=jnp.asarray(count, jnp.int32))
+        return s
+
+    return jax.tree.map(fix, opt_state, is_leaf=lambda s: isinstance(s, jp.MagnitudePruningState))
+
+
+def kernel_sparsity(params) -> float:
+    kernels = [x for x in jax.tree.leaves(params) if x.ndim >= 2]
+    return sum(int(jnp.sum(x == 0)) for x in kernels) / sum(x.size for x in kernels)
+
+
+def run(layers: int, reps: int, compiles: int, scopes: Sequence[str]) -> list[str]:
+    params = init_params(layers)
+    x = jax.random.normal(jax.random.key(1), (32, WIDTH))
+    pruned = sum(x.ndim >= 2 for x in jax.tree.leaves(params))
+    print(
+        f"model: {layers} layers x {KERNELS_PER_LAYER} kernels {WIDTH}x{WIDTH} = {pruned} pruned "
+        f"leaves, {sum(x.size for x in jax.tree.leaves(params)):,} parameters; adam",
+        flush=True,
+    )
+    plain_tx = optax.adam(1e-3)
+    plain_args = (params, plain_tx.init(params), x)
+    plain_compile, plain_exe = compile_seconds(make_step(plain_tx), plain_args, compiles)
+    print(f"  plain step compiles in {plain_compile:.2f} s", flush=True)
+    lines = []
+    for scope in scopes:
+        # The window begins at step 1: count 0 does not prune, count 1 does (one executable).
+        schedule = jp.constant_sparsity(SPARSITY, begin_step=1, frequency=1)
+        tx = optax.chain(optax.adam(1e-3), jp.magnitude_pruning(schedule, scope=scope))
+        state = tx.init(params)
+        idle, prune = set_count(state, 0), set_count(state, 1)
+        seconds, exe = compile_seconds(make_step(tx), (params, idle, x), compiles)
+        got = kernel_sparsity(exe(params, prune, x)[0])
+        if abs(got - SPARSITY) > 0.01 or kernel_sparsity(exe(params, idle, x)[0]) > 0.01:
+            raise RuntimeError(f"{scope}: the pruned step does not prune as scheduled ({got})")
+        candidates = {
+            "plain": lambda: plain_exe(*plain_args),
+            "idle": lambda exe=exe, idle=idle: exe(params, idle, x),
+            "prune": lambda exe=exe, prune=prune: exe(params, prune, x),
+        }
+        times = {name: [] for name in candidates}
+        for fn in candidates.values():
+            jax.block_until_ready(fn())
+        names = list(candidates)
+        for r in range(reps):
+            for name in names[r % 3 :] + names[: r % 3]:
+                t0 = time.perf_counter()
+                jax.block_until_ready(candidates[name]())
+                times[name].append(time.perf_counter() - t0)
+
+        def ratio(name, times=times):
+            return statistics.median(a / b for a, b in zip(times[name], times["plain"]))
+
+        lines.append(
+            f"scope={scope:6s} compile {seconds:6.2f} s / {plain_compile:.2f} s = "
+            f"{seconds / plain_compile:5.2f}x   non-pruning step {ratio('idle'):5.2f}x   "
+            f"pruning step {ratio('prune'):5.2f}x   (plain step "
+            f"{statistics.median(times['plain']) * 1e3:.2f} ms)"
+        )
+        print("  " + lines[-1], flush=True)
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="6 layers, few repetitions")
+    parser.add_argument("--layers", type=int, default=None, help="number of layers (24)")
+    parser.add_argument("--reps", type=int, default=None, help="step repetitions (30)")
+    parser.add_argument("--compiles", type=int, default=None, help="compilations each (3)")
+    parser.add_argument("--scope", choices=("layer", "global", "both"), default="both")
+    args = parser.parse_args(argv)
+    layers = args.layers or (6 if args.quick else 24)
+    reps = args.reps or (5 if args.quick else 30)
+    compiles = args.compiles or (1 if args.quick else 3)
+    if min(layers, reps, compiles) < 1:
+        parser.error("--layers, --reps and --compiles must be >= 1")
+    scopes = ("layer", "global") if args.scope == "both" else (args.scope,)
+    devices = jax.devices()
+    print(
+        f"hardware: {devices} ({devices[0].device_kind}), {os.cpu_count()} CPUs "
+        f"({platform.machine()}), jax {jax.__version__}, python {platform.python_version()}",
+        flush=True,
+    )
+    lines = run(layers, reps, compiles, scopes)
+    print()
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
