@@ -58,7 +58,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from jaxprune._src import selection, spec
+from jaxprune._src import selection, spec, trees
 from jaxprune._src import summaries as summaries_lib
 from jaxprune._src.base import Array, ArrayLike, LeafRule, Masks, Params, is_float_array
 from jaxprune._src.transform import register_pruning_state, zero_pruned
@@ -366,10 +366,13 @@ def masked_params(params: Params, opt_state: Any) -> Params:
       [[1.0, 1.0], [1.0, 1.0]]
     """
     masks = summaries_lib.get_pruning_state(opt_state).masks
+    # Matched by path, flax.nnx Variable wrappers read as their values on either side (the
+    # masks of an nnx.Optimizer keep them; params split inside nnx.jit may not).
     try:
-        return jax.tree.map(_straight_through, params, masks)
+        pairs = trees.pair_with_masks(params, masks)
     except (ValueError, TypeError) as e:
         raise ValueError(f"the masks in opt_state do not have the structure of params: {e}") from e
+    return trees.rebuild(params, [_straight_through(x, m) for _, x, m in pairs])
 
 
 # --------------------------------------------------------------------------- shared helpers

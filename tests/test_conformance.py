@@ -1,0 +1,350 @@
+"""Every pruning transformation through the same checks (modelled on optax's contrib tests).
+
+A tiny model (dense 8x16 and 16x4 with biases), four updates with pruning turns at updates 0
+and 2 where the transformation has a schedule. Each transformation compiles one step, shared by
+the checks through a cached run. Zero-weight transformations must leave pruned weights exactly
+``+0.0``; the straight-through ones (STE, movement) keep dense weights by design, and the check
+applies to the weights the forward pass uses, ``jaxprune.masked_params``.
+"""
+
+import functools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+from flax import nnx
+from flax.training import train_state
+
+import jaxprune as jp
+
+STEPS = 4
+LR = 0.05
+SCHEDULE = jp.polynomial_decay(0.25, 0.5, begin_step=0, end_step=2, frequency=2)  # turns 0, 2
+KEY = jax.random.key(7)
+
+
+def _chain(tx):
+    return optax.chain(optax.adam(LR), tx)
+
+
+# name -> (factory, straight_through)
+FACTORIES = {
+    "magnitude_layer": (lambda: _chain(jp.magnitude_pruning(SCHEDULE)), False),
+    "magnitude_global": (lambda: _chain(jp.magnitude_pruning(SCHEDULE, scope="global")), False),
+    "from_config": (
+        lambda: _chain(
+            jp.pruning_from_config(
+                "pruning_frequency=2,threshold=topk,threshold_decay=0.0,target_sparsity=0.5,"
+                "sparsity_function_end_step=2"
+            )
+        ),
+        False,
+    ),
+    "random": (lambda: _chain(jp.random_pruning(SCHEDULE, key=KEY)), False),
+    "acdc": (
+        lambda: _chain(
+            jp.acdc(0.5, warmup_steps=0, phase_steps=1, final_compressed_steps=2, total_steps=4)
+        ),
+        False,
+    ),
+    "rigl": (
+        lambda: jp.sparse(optax.adam(LR), jp.rigl(0.5, key=KEY, update_every=2, end_step=4)),
+        False,
+    ),
+    "set": (
+        lambda: jp.sparse(
+            optax.adam(LR), jp.set_training(0.5, key=KEY, update_every=2, end_step=4)
+        ),
+        False,
+    ),
+    "static": (lambda: jp.sparse(optax.adam(LR), jp.static_sparse(0.5, key=KEY)), False),
+    "magnitude_ste": (lambda: jp.sparse(optax.adam(LR), jp.magnitude_ste(SCHEDULE)), True),
+    "random_ste": (lambda: jp.sparse(optax.adam(LR), jp.random_ste(SCHEDULE, key=KEY)), True),
+    "saliency": (lambda: jp.sparse(optax.adam(LR), jp.saliency_pruning(SCHEDULE)), False),
+    "movement": (lambda: jp.sparse(optax.adam(LR), jp.movement_pruning(SCHEDULE)), True),
+}
+NAMES = list(FACTORIES)
+
+
+def normal(seed, shape, scale=1.0):
+    return jnp.asarray(scale * np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
+def init_params():
+    return {
+        "d0": {"kernel": normal(0, (8, 16)), "bias": normal(1, (16,), 0.1)},
+        "d1": {"kernel": normal(2, (16, 4), 0.5), "bias": jnp.zeros(4)},
+    }
+
+
+X, Y = normal(3, (6, 8)), normal(4, (6, 4))
+
+
+def loss_fn(params, x=X, y=Y):
+    h = jnp.tanh(x @ params["d0"]["kernel"] + params["d0"]["bias"][None])
+    return jnp.mean((h @ params["d1"]["kernel"] + params["d1"]["bias"][None] - y) ** 2)
+
+
+def forward_params(params, state, straight_through):
+    return jp.masked_params(params, state) if straight_through else params
+
+
+def make_step(tx, straight_through):
+    def step(params, state):
+        grads = jax.grad(lambda p: loss_fn(forward_params(p, state, straight_through)))(params)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    return step
+
+
+@functools.cache
+def case(name):
+    """The transformation, its jitted step and the trajectory of the four updates."""
+    factory, st = FACTORIES[name]
+    tx = factory()
+    step = jax.jit(make_step(tx, st))
+    params = init_params()
+    state = tx.init(params)
+    if not st and name in ("rigl", "set", "static"):
+        params = jp.masked_params(params, state)  # start from the sparse weights
+    start = (params, state)
+    trajectory = []
+    for _ in range(STEPS):
+        params, state = step(params, state)
+        trajectory.append((params, state))
+    return tx, step, start, trajectory
+
+
+def assert_trees_equal(a, b):
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+
+
+def assert_trees_close(a, b):
+    jax.tree.map(
+        lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6),
+        a,
+        b,
+    )
+
+
+def check_pruned_zero(params, state, straight_through):
+    """Masks are bool, shaped like their weights; pruned weights (as used) are +0.0."""
+    masks = jp.get_masks(state)
+    used = forward_params(params, state, straight_through)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(used)
+    pruned = 0
+    for (path, w), m in zip(flat, treedef.flatten_up_to(masks)):
+        m, w = np.asarray(m), np.asarray(w)
+        assert m.dtype == np.bool_, path
+        if m.ndim == 0:
+            assert m, path
+            continue
+        assert m.shape == w.shape, path
+        assert not np.any(w[~m].view(np.uint32)), path  # +0.0, bit for bit
+        pruned += int((~m).sum())
+    return pruned
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_pruned_weights_zero_after_every_step_and_no_recompilation(name):
+    _, step, _, trajectory = case(name)
+    pruned = [check_pruned_zero(p, s, FACTORIES[name][1]) for p, s in trajectory]
+    assert pruned[-1] > 0, "nothing was pruned after the last update"
+    assert step._cache_size() == 1
+    # State shapes and dtypes stable from step to step.
+    shapes = [jax.tree.map(lambda x: (x.shape, x.dtype), s) for _, s in trajectory]
+    assert all(s == shapes[0] for s in shapes)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_jit_equals_eager(name):
+    tx, _, (params, state), trajectory = case(name)
+    eager = make_step(tx, FACTORIES[name][1])
+    # Eager runs op by op (slow): one update, a pruning turn for every transformation with a
+    # schedule; the step that follows is not a turn and shares the jitted code the others check.
+    params, state = eager(params, state)
+    want_p, want_s = trajectory[0]
+    assert_trees_close(params, want_p)
+    assert_trees_equal(jp.get_masks(state), jp.get_masks(want_s))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_scan_equals_python_loop(name):
+    tx, _, start, trajectory = case(name)
+    step = make_step(tx, FACTORIES[name][1])
+    run = jax.jit(lambda c: jax.lax.scan(lambda c, _: (step(*c), None), c, None, length=STEPS)[0])
+    params, state = run(start)
+    assert_trees_close(params, trajectory[-1][0])
+    assert_trees_equal(jp.get_masks(state), jp.get_masks(trajectory[-1][1]))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_multisteps(name):
+    tx, _, (params, _), _ = case(name)
+    st = FACTORIES[name][1]
+    multi = optax.MultiSteps(tx, every_k_schedule=2)
+    state = multi.init(params)
+    step = jax.jit(make_step(multi, st))
+    for _ in range(STEPS):
+        params, state = step(params, state)
+        check_pruned_zero(params, state, st)
+    assert step._cache_size() == 1
+    # Four micro-steps are two updates of the inner transformation.
+    assert int(state.gradient_step) == 2
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_flax_train_state(name):
+    tx, _, (params, _), trajectory = case(name)
+    st = FACTORIES[name][1]
+    state = train_state.TrainState.create(apply_fn=None, params=params, tx=tx)
+    state = state.replace(step=jnp.int32(0))
+
+    @jax.jit
+    def step(state):
+        grads = jax.grad(lambda p: loss_fn(forward_params(p, state.opt_state, st)))(state.params)
+        return state.apply_gradients(grads=grads)
+
+    for _ in range(STEPS):
+        state = step(state)
+        check_pruned_zero(state.params, state.opt_state, st)
+    assert step._cache_size() == 1
+    assert_trees_close(state.params, trajectory[-1][0])
+
+
+class NNXModel(nnx.Module):
+    def __init__(self, params):
+        self.d0 = nnx.Linear(8, 16, rngs=nnx.Rngs(0))
+        self.d1 = nnx.Linear(16, 4, rngs=nnx.Rngs(1))
+        for layer, p in ((self.d0, params["d0"]), (self.d1, params["d1"])):
+            layer.kernel[...] = p["kernel"]
+            layer.bias[...] = p["bias"]
+
+    def __call__(self, x):
+        return self.d1(jnp.tanh(self.d0(x)))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_nnx_optimizer(name):
+    tx, _, (params, _), trajectory = case(name)
+    st = FACTORIES[name][1]
+    model = NNXModel(params)
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, optimizer):
+        graphdef, p, rest = nnx.split(model, nnx.Param, ...)
+
+        def loss(p):
+            if st:
+                p = jp.masked_params(p, optimizer.opt_state)
+            return jnp.mean((nnx.merge(graphdef, p, rest)(X) - Y) ** 2)
+
+        optimizer.update(model, jax.grad(loss)(p))
+
+    for _ in range(STEPS):
+        step(model, optimizer)
+    got = {
+        layer: {
+            "kernel": getattr(model, layer).kernel[...],
+            "bias": getattr(model, layer).bias[...],
+        }
+        for layer in ("d0", "d1")
+    }
+    assert_trees_close(got, trajectory[-1][0])
+    masks = jp.get_masks(optimizer.opt_state)
+    want = jp.get_masks(trajectory[-1][1])
+    for layer in ("d0", "d1"):
+        np.testing.assert_array_equal(
+            np.asarray(masks[layer]["kernel"][...]), np.asarray(want[layer]["kernel"])
+        )
+
+
+class EqxModel(eqx.Module):
+    d0: eqx.nn.Linear
+    d1: eqx.nn.Linear
+
+    def __init__(self, params):
+        d0 = eqx.nn.Linear(8, 16, key=jax.random.key(0))
+        d1 = eqx.nn.Linear(16, 4, key=jax.random.key(1))
+        # Equinox stores (out, in) weights.
+        self.d0 = eqx.tree_at(
+            lambda m: (m.weight, m.bias), d0, (params["d0"]["kernel"].T, params["d0"]["bias"])
+        )
+        self.d1 = eqx.tree_at(
+            lambda m: (m.weight, m.bias), d1, (params["d1"]["kernel"].T, params["d1"]["bias"])
+        )
+
+    def __call__(self, x):
+        return self.d1(jnp.tanh(self.d0(x)))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_equinox(name):
+    tx, _, (params, _), _ = case(name)
+    st = FACTORIES[name][1]
+    model = EqxModel(params)
+    opt_state = tx.init(eqx.filter(model, eqx.is_inexact_array))
+
+    @eqx.filter_jit
+    def step(model, opt_state):
+        p, static = eqx.partition(model, eqx.is_inexact_array)
+
+        def loss(p):
+            if st:
+                p = jp.masked_params(p, opt_state)
+            m = eqx.combine(p, static)
+            return jnp.mean((jax.vmap(m)(X) - Y) ** 2)
+
+        grads = jax.grad(loss)(p)
+        updates, opt_state = tx.update(grads, opt_state, p)
+        return eqx.apply_updates(model, updates), opt_state
+
+    for _ in range(STEPS):
+        model, opt_state = step(model, opt_state)
+        check_pruned_zero(eqx.filter(model, eqx.is_inexact_array), opt_state, st)
+    masks = jp.get_masks(opt_state)
+    assert masks.d0.weight.shape == (16, 8) and masks.d0.bias.shape == ()
+    assert not masks.d0.weight.all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_orbax_round_trip_mid_run(name, tmp_path):
+    _, step, _, trajectory = case(name)
+    params, state = trajectory[1]
+    with ocp.StandardCheckpointer() as ckpt:
+        ckpt.save(tmp_path / "ckpt", {"params": params, "state": state})
+        ckpt.wait_until_finished()
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, {"params": params, "state": state})
+        restored = ckpt.restore(tmp_path / "ckpt", target)
+    assert jax.tree.structure(restored["state"]) == jax.tree.structure(state)
+    params, state = restored["params"], restored["state"]
+    for t in range(2, STEPS):
+        params, state = step(params, state)
+        assert_trees_equal(params, trajectory[t][0])
+        assert_trees_equal(state, trajectory[t][1])
+
+
+def test_sharded_run_equals_one_device():
+    """All transformations in one process with 8 fake CPU devices, params on a 2x4 mesh."""
+    script = Path(__file__).with_name("conformance_sharding_check.py")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    result = subprocess.run(
+        [sys.executable, "-W", "error", str(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in NAMES:
+        assert f"{name}: sharded == one device" in result.stdout, result.stdout
