@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 CONSTRAINTS := constraints.txt
 LATEST := .venv-latest
 
-.PHONY: demo test test-latest lock bench lint docs clean
+.PHONY: demo test test-latest lock bench results results-quick lint docs clean
 
 $(VENV)/.stamp-%: pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,14 @@ lock: test-latest
 
 bench: $(VENV)/.stamp-examples
 	$(PY) benchmarks/step_overhead.py
+
+# Every method on Fashion-MNIST (needs Debian's dataset-fashion-mnist): benchmarks/RESULTS.md.
+# Rows already in benchmarks/results.json are kept, so an interrupted run resumes.
+results: $(VENV)/.stamp-examples
+	$(PY) benchmarks/results.py
+
+results-quick: $(VENV)/.stamp-examples
+	$(PY) benchmarks/results.py --quick
 
 docs: $(VENV)/.stamp-docs
 	$(PY) -m sphinx -W --keep-going -b html docs site

@@ -413,3 +413,10 @@ def test_masks_matched_by_path_errors_name_the_path():
     with pytest.raises(ValueError, match="l2/kernel") as err:
         count_flops(apply, params, x, weight_masks=(bad_shape, None))
     assert "(16, 3)" in str(err.value)
+
+
+def test_stack_moves_data_and_costs_nothing():
+    # jnp.stack is a primitive of its own in recent jax: it costs what concatenate costs.
+    stacked = count_flops(lambda x: jnp.stack([x, x], axis=1).sum(), jnp.ones(3))
+    joined = count_flops(lambda x: jnp.concatenate([x, x]).sum(), jnp.ones(3))
+    assert stacked == joined == 5

@@ -125,7 +125,7 @@ EXPANDED = {
 # Primitives that move or relabel data: no arithmetic in XLA's count.
 _FREE = (
     "broadcast_in_dim reshape transpose squeeze expand_dims slice dynamic_slice "
-    "dynamic_update_slice gather concatenate pad rev iota copy copy_p device_put "
+    "dynamic_update_slice gather concatenate stack pad rev iota copy copy_p device_put "
     "bitcast_convert_type top_k optimization_barrier sharding_constraint "
     "mesh_cast reshard pvary split stop_gradient"
 ).split()
