@@ -20,8 +20,9 @@ $(VENV)/.stamp-%: pyproject.toml $(CONSTRAINTS)
 demo: $(VENV)/.stamp-examples
 	$(PY) examples/digits.py
 
+# Two workers: the CI machine has two cores and most tests compile on one.
 test: $(VENV)/.stamp-test
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2
 
 # The suite against today's newest releases of every dependency (no constraints).
 test-latest:
@@ -29,7 +30,7 @@ test-latest:
 	$(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
 	$(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[test,examples,docs,dev]'
-	$(LATEST)/bin/python -m pytest
+	$(LATEST)/bin/python -m pytest -n 2
 
 # Re-pin constraints.txt to the newest releases, only after the suite passes with them.
 lock: test-latest
