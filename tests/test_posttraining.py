@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from jaxprune._src import posttraining as pt
+from jaxprune._src import posttraining_runner as runner
 from jaxprune._src.masks import magnitude_mask
 from jaxprune._src.posttraining_runner import prune_oneshot
 
@@ -513,3 +514,24 @@ def test_runner_nnx_and_equinox():
         np.asarray(pt.wanda_mask(w1.T, jnp.linalg.norm(x, axis=0), 0.5).T),
     )
     assert masks.layers[1].weight.shape == (8, 16) and masks.layers[0].bias.shape == ()
+
+
+def test_runner_reuses_compiled_passes_across_calls(monkeypatch):
+    """A second call on the same fn (another method or sparsity) compiles no calibration pass."""
+    params, batches = _mlp_setup()
+    fn = _MLP().apply
+    first = prune_oneshot(fn, params, batches, method="sparsegpt", sparsity=0.5)
+    owl_first = prune_oneshot(fn, params, batches, method="wanda", sparsity=0.5, owl=True)
+    built = []
+    for name in ("_build_site_stats", "_build_all_norms"):
+        real = getattr(runner, name)
+        monkeypatch.setattr(runner, name, lambda *a, _r=real, _n=name: built.append(_n) or _r(*a))
+    again = prune_oneshot(fn, params, batches, method="sparsegpt", sparsity=0.5)
+    owl_again = prune_oneshot(fn, params, batches, method="wanda", sparsity=0.5, owl=True)
+    assert built == []
+    for a, b in ((first, again), (owl_first, owl_again)):
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # Another function (even an equal module's apply) builds its own passes.
+    prune_oneshot(_MLP().apply, params, batches, method="wanda", sparsity=0.5)
+    assert built == ["_build_site_stats", "_build_site_stats"]

@@ -20,6 +20,7 @@ Equinox and plain functions alike):
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import re
@@ -217,8 +218,38 @@ def _f32_sums(x: Array, hessian: bool) -> tuple[Array, Array]:
     return jnp.matmul(x.T, x, precision=lax.Precision.HIGHEST), sq
 
 
+# Compiled calibration passes, reused across prune_oneshot calls on the same function (a sweep
+# over methods or sparsities compiles each layer's truncated forward pass once, not once per
+# call). The cache holds the passes of the last few functions (and so ``fn`` itself).
+_CACHED_FUNCTIONS = 4
+_compiled: collections.OrderedDict[Any, dict] = collections.OrderedDict()
+
+
+def _cached(fn: Any, key: tuple, build: Callable[[], Callable[..., Any]]) -> Callable[..., Any]:
+    """``build()``, or what an earlier call built for ``(fn, key)``; unhashable ``fn``: no cache."""
+    try:
+        hash((fn, key))
+    except TypeError:  # e.g. a bound method of an unhashable (mutable dataclass) module
+        return build()
+    passes = _compiled.pop(fn, None) or {}
+    _compiled[fn] = passes
+    while len(_compiled) > _CACHED_FUNCTIONS:
+        _compiled.popitem(last=False)
+    if key not in passes:
+        passes[key] = build()
+    return passes[key]
+
+
 def _site_stats(fn, n_params, site, hessian, treedef):
     """A jitted ``(param_leaves, batch) -> (Σ xᵀx or Σ x², Σ x², rows)`` for one site."""
+    return _cached(
+        fn,
+        ("site", n_params, site, hessian, treedef),
+        lambda: _build_site_stats(fn, n_params, site, hessian, treedef),
+    )
+
+
+def _build_site_stats(fn, n_params, site, hessian, treedef):
 
     def stats(param_leaves, batch):
         walk = _Walk(targets=(site,), stop=True)
@@ -235,6 +266,14 @@ def _site_stats(fn, n_params, site, hessian, treedef):
 
 def _all_norms(fn, n_params, sites, treedef):
     """A jitted ``(param_leaves, batch) -> [Σ x² per site]`` in one pass (for OWL)."""
+    return _cached(
+        fn,
+        ("norms", n_params, sites, treedef),
+        lambda: _build_all_norms(fn, n_params, sites, treedef),
+    )
+
+
+def _build_all_norms(fn, n_params, sites, treedef):
 
     def norms(param_leaves, batch):
         out: dict[int, Array] = {}
@@ -374,7 +413,9 @@ def prune_oneshot(
 
     Weights keep their layout: a ``(out, in)`` weight (Equinox, or a transposed read) is pruned
     along its input axis 1. Statistics are accumulated in float32; only one layer's statistics
-    are held at a time. Each layer compiles one truncated forward pass.
+    are held at a time. Each layer compiles one truncated forward pass; the compiled passes are
+    kept (a small bounded cache), so calling again with the same ``fn`` (another method or
+    sparsity) does not compile them again.
 
     Args:
       fn: any JAX function ``fn(params, batch)``, e.g. ``model.apply`` for linen.
