@@ -247,6 +247,28 @@ def check_checkpoint(directory, params, opt_state):
     return len(want)
 
 
+def check_summaries(params, opt_state):
+    """The host-side checks count where the weights live, in every process."""
+    from jaxprune._src import summaries
+
+    masks = jp.get_masks(opt_state)
+    found = {"summary": jp.sparsity_summary(params, masks)}
+    jp.check_pruned_zero(params, opt_state)
+    try:
+        jp.check_pruned_zero(jax.tree.map(lambda p: p + 1.0, params), opt_state)
+        raise AssertionError("check_pruned_zero missed non-zero pruned weights")
+    except jp.PrunedWeightsNotZeroError as e:
+        found["not_zero"] = str(e).splitlines()[0]
+    # Large leaves are counted row by row; here the rows are spread over both processes.
+    chunk, summaries._CHUNK = summaries._CHUNK, 16
+    try:
+        assert jp.sparsity_summary(params, masks) == found["summary"]
+        jp.check_pruned_zero(params, opt_state)
+    finally:
+        summaries._CHUNK = chunk
+    return found
+
+
 def child(process_id, port, out):
     jax.distributed.initialize(
         coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=process_id
@@ -261,6 +283,8 @@ def child(process_id, port, out):
         info = check_hlo(step, params)
         info["fully_addressable"] = any(params[n].is_fully_addressable for n in KERNELS)
         write_shards(out / f"process{process_id}-{scope}.npz", results(params, opt_state))
+        info.update(check_summaries(params, opt_state))
+        log(f"{scope}: summaries")
         if scope == "global":
             info["checkpoint_leaves"] = check_checkpoint(
                 (out / "checkpoint").absolute(), params, opt_state

@@ -38,6 +38,7 @@ def run_all(commands, out):
     """Starts every command at once and waits for all; kills the rest when one fails."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # each sets its own
     procs = {}
+    killed = []
     failed = None
     with contextlib.ExitStack() as files:
         try:
@@ -57,13 +58,18 @@ def run_all(commands, out):
                     break
                 time.sleep(0.2)
         finally:
-            for proc in procs.values():
+            for name, proc in procs.items():
                 if proc.poll() is None:
                     proc.kill()
+                    killed.append(name)
                 proc.wait()
     failed = failed or ", ".join(
-        f"{n} exited with {p.returncode}" for n, p in procs.items() if p.returncode
+        f"{n} exited with {p.returncode}"
+        for n, p in procs.items()
+        if p.returncode and n not in killed
     )
+    if killed:
+        failed += f"; killed {', '.join(killed)}"
     if failed:
         logs = "\n".join(
             f"--- {name} stderr ---\n{(out / f'{name}.err').read_text()[-6000:]}" for name in procs
@@ -124,9 +130,17 @@ def test_two_processes_prune_like_one(tmp_path):
             for leaf in (f"['params']['{kernel}']", f"['masks']['{kernel}']"):
                 # No process held a whole kernel, nor a whole mask.
                 assert not any(h[f"held{leaf}"].all() for h in held), (scope, leaf)
-        pruned = sum((~got[f"['masks']['{k}']"]).sum() for k in KERNELS)
+        pruned = sum(int((~got[f"['masks']['{k}']"]).sum()) for k in KERNELS)
         size = sum(got[f"['masks']['{k}']"].size for k in KERNELS)
         assert abs(pruned / size - 0.8) < 0.01, (scope, pruned / size)
+        zeros = {n[len("['params']['") : -2]: got[n] == 0 for n in got if "params" in n}
+        for i in (0, 1):
+            info = json.loads((tmp_path / f"process{i}.json").read_text())["runs"][scope]
+            # jp.sparsity_summary and jp.check_pruned_zero, called in both processes.
+            for leaf, z in zeros.items():
+                assert info["summary"][leaf] == z.sum() / z.size, (scope, leaf)
+            assert info["summary"]["pruned"] == sum(int(zeros[k].sum()) for k in KERNELS) / size
+            assert info["not_zero"].startswith(f"{pruned} pruned weights are not zero"), info
 
     for i in (0, 1):
         report = json.loads((tmp_path / f"process{i}.json").read_text())
