@@ -54,7 +54,8 @@ OWNER = ((0, 0, 0, 1), (0, 1, 1, 1))
 
 def log(message):
     """Progress on stderr, which the test prints when a process fails or hangs."""
-    print(f"[{time.monotonic() - _START:6.1f}s] {message}", file=sys.stderr, flush=True)
+    elapsed, cpu = time.monotonic() - _START, time.process_time()
+    print(f"[{elapsed:6.1f}s, cpu {cpu:5.1f}s] {message}", file=sys.stderr, flush=True)
 
 
 def host_params():
