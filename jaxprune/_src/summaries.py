@@ -8,8 +8,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
-from jaxprune._src.base import Masks, Params, is_float_array
+from jaxprune._src.base import Array, Masks, Params, is_float_array
 from jaxprune._src.transform import PRUNING_STATE_TYPES, MagnitudePruningState
 from jaxprune._src.trees import flat_leaves, pair_with_masks
 from jaxprune._src.trees import is_variable as _is_variable  # noqa: F401 (flops imports it)
@@ -86,15 +87,22 @@ def get_masks(opt_state: Any) -> Masks:
     return get_pruning_state(opt_state).masks
 
 
-def _zeros_and_size(x: Any) -> tuple[int, int]:
-    x = jnp.asarray(x)
-    size = math.prod(x.shape)
-    if size < _CHUNK or x.ndim < 2:
-        return int(jnp.sum(x == 0)), size
+def _count(b: Array) -> int:
+    """The number of ``True`` entries of a bool array, counted on the devices that hold it."""
+    if math.prod(b.shape) < _CHUNK or b.ndim < 2:
+        return int(jnp.sum(b))
     # Per-row counts stay far below 2**31; the total is summed in int64 on the host. No
     # reshape, so a leaf sharded along any axis is counted where it lives.
-    rows = jnp.sum(x == 0, axis=tuple(range(1, x.ndim)), dtype=jnp.int32)
-    return int(np.asarray(rows, np.int64).sum()), size
+    rows = jnp.sum(b, axis=tuple(range(1, b.ndim)), dtype=jnp.int32)
+    if not rows.is_fully_addressable:
+        # Under jax.distributed, rows held by other processes (every process calls this).
+        rows = multihost_utils.process_allgather(rows, tiled=True)
+    return int(np.asarray(rows, np.int64).sum())
+
+
+def _zeros_and_size(x: Any) -> tuple[int, int]:
+    x = jnp.asarray(x)
+    return _count(x == 0), math.prod(x.shape)
 
 
 def _rows(params: Params, masks: Masks | None) -> list[tuple[str, tuple, int, int, bool]]:
@@ -212,9 +220,10 @@ def check_pruned_zero(params: Params, opt_state: Any) -> None:
     transformation after it (Adam, ``optax.clip_by_global_norm``, a learning-rate scale)
     rescales that ``-w``. A transformation cannot see where it sits in a chain, so this check
     is the cheap way to catch it: call it on the host every few hundred steps, or once after
-    the first pruning turn. It reads one byte per pruned weight and costs about one pass over
-    them. (The wrapper form, :func:`jaxprune.sparse`, owns the inner optimizer and cannot be
-    misplaced.)
+    the first pruning turn. It counts on the devices that hold the weights, about one pass over
+    them, and brings only the counts to the host (under ``jax.distributed``, call it in every
+    process). (The wrapper form, :func:`jaxprune.sparse`, owns the inner optimizer and cannot
+    be misplaced.)
 
     Masks are matched to params by path (flax.nnx wrappers are transparent), so it works with
     a linen params dict and the optax state, with ``nnx.state(model, nnx.Param)`` and an
@@ -262,9 +271,10 @@ def check_pruned_zero(params: Params, opt_state: Any) -> None:
         for path, x, m in pair_with_masks(params, state.masks):
             if np.ndim(m) == 0:
                 continue
-            m = np.asarray(m)
-            pruned = int(m.size - np.count_nonzero(m))
-            nonzero = int(np.count_nonzero(np.asarray(x)[~m]))
+            # Counted on the devices: under jax.distributed no process holds a whole leaf.
+            m = ~jnp.asarray(m, bool)
+            pruned = _count(m)
+            nonzero = _count(m & (jnp.asarray(x) != 0))
             if nonzero:
                 bad.append((path, nonzero, pruned))
     if bad:
