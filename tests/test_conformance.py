@@ -337,7 +337,8 @@ def test_orbax_round_trip_mid_run(name, tmp_path):
 def test_sharded_run_equals_one_device():
     """All transformations in one process with 8 fake CPU devices, params on a 2x4 mesh."""
     script = Path(__file__).with_name("conformance_sharding_check.py")
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    env = {**os.environ, "XLA_FLAGS": flags.strip()}
     result = subprocess.run(
         [sys.executable, "-W", "error", str(script)],
         capture_output=True,

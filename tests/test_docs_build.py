@@ -38,7 +38,8 @@ def test_page_runs(page, tmp_path, monkeypatch):
 def test_sharding_page_runs(tmp_path):
     script = tmp_path / "sharding_page.py"
     script.write_text("\n\n".join(python_blocks("sharding.md")))
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    env = {**os.environ, "XLA_FLAGS": flags.strip()}
     result = subprocess.run(
         [sys.executable, "-W", "error", str(script)],
         capture_output=True,

@@ -36,7 +36,9 @@ def free_port():
 
 def run_all(commands, out):
     """Starts every command at once and waits for all; kills the rest when one fails."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # each sets its own
+    # Each process sets its own device count; other flags (the suite's) pass on.
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    env = {**os.environ, "XLA_FLAGS": " ".join(flags)}
     procs = {}
     killed = []
     failed = None

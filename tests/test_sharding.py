@@ -8,7 +8,8 @@ from pathlib import Path
 
 def test_pruning_under_data_and_model_parallelism():
     script = Path(__file__).with_name("sharding_check.py")
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    env = {**os.environ, "XLA_FLAGS": flags.strip()}
     result = subprocess.run(
         [sys.executable, "-W", "error", str(script)],
         capture_output=True,

@@ -27,7 +27,6 @@ from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import sparse
 
 from jaxprune._src import spec, trees
 from jaxprune._src.atomic import atomic_write
@@ -82,7 +81,11 @@ def strip(params: Params, opt_state: Any) -> Params:
     return trees.rebuild(params, [_fuse(x, m) for _, x, m in pairs])
 
 
-def _to_bcoo(x: Any) -> sparse.BCOO:
+def _to_bcoo(x: Any) -> Any:
+    # Imported here: jax.experimental.sparse takes about a second to import, and only to_bcoo
+    # needs it.
+    from jax.experimental import sparse
+
     # Built on the host from the non-zeros, in row-major order as BCOO.fromdense lays them
     # out; fromdense itself would compile a program per leaf shape.
     a = np.asarray(x)
