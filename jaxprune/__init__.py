@@ -75,7 +75,7 @@ from jaxprune._src.sparse_ste import magnitude_ste
 from jaxprune._src.sparse_ste import movement_pruning
 from jaxprune._src.sparse_ste import random_ste
 from jaxprune._src.sparse_ste import saliency_pruning
-from jaxprune._src.spec import default_rule
+from jaxprune._src.leaf_rules import default_rule
 from jaxprune._src.schedules import OptaxSparsity
 from jaxprune._src.schedules import PolynomialDecay
 from jaxprune._src.schedules import PruningSchedule

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 import jaxprune as jp
-from jaxprune._src.selection import kept_count
+from jaxprune._src.radix_select import kept_count
 
 KEY = jax.random.key(0)
 

@@ -38,8 +38,8 @@ import numpy as np
 import optax
 from jax import lax
 
+from jaxprune._src import leaf_rules, radix_select, structured
 from jaxprune._src import masks as masks_lib
-from jaxprune._src import selection, spec, structured
 from jaxprune._src.base import Array, ArrayLike, LeafRule, Masks
 from jaxprune._src.config import THRESHOLDS, PruningConfig, warn_timeline
 from jaxprune._src.schedules import PolynomialDecay
@@ -157,8 +157,8 @@ def _topk_threshold(a: Array, sparsity: ArrayLike) -> Array:
     s = jnp.asarray(sparsity, jnp.float32)
     k = jnp.round(jnp.float32(a.size) * (jnp.float32(1.0) - s))
     k = jnp.clip(k, 1.0, float(a.size)).astype(jnp.int32)
-    src = selection.magnitude_source(a, selection.key_dtype([a.dtype]))
-    return selection.key_to_magnitude(selection.kth_largest_key([src], k), a.dtype)
+    src = radix_select.magnitude_source(a, radix_select.key_dtype([a.dtype]))
+    return radix_select.key_to_magnitude(radix_select.kth_largest_key([src], k), a.dtype)
 
 
 def legacy_mask(
@@ -495,22 +495,22 @@ def pruning_from_config(
         )
     _check_rescaled_sparsities(config)
     warn_timeline(config, stacklevel=2)
-    rule = spec.compile_rule(prune, "prune")
+    rule = leaf_rules.compile_rule(prune, "prune")
     curve = sparsity_function(config)
-    sparsity_entries = spec.compile_map(
+    sparsity_entries = leaf_rules.compile_map(
         {rx: v / config.target_sparsity for rx, v in config.weight_sparsity_map},
         "weight_sparsity_map",
     )
-    block_entries = spec.compile_map(dict(config.block_dims_map), "block_dims_map")
+    block_entries = leaf_rules.compile_map(dict(config.block_dims_map), "block_dims_map")
 
     def plan(params: Any) -> tuple[list[Any], Any, list[bool], list[_Leaf]]:
-        paths, leaves, treedef = spec.flatten(params)
+        paths, leaves, treedef = leaf_rules.flatten(params)
         _check_rule_matches(rule, paths)
-        chosen = spec.select(paths, leaves, rule)
+        chosen = leaf_rules.select(paths, leaves, rule)
         _check_map_matches(sparsity_entries, paths, chosen, "weight_sparsity_map")
         _check_map_matches(block_entries, paths, chosen, "block_dims_map")
-        scales = spec.lookup(sparsity_entries, paths, chosen, "weight_sparsity_map")
-        dims = spec.lookup(block_entries, paths, chosen, "block_dims_map")
+        scales = leaf_rules.lookup(sparsity_entries, paths, chosen, "weight_sparsity_map")
+        dims = leaf_rules.lookup(block_entries, paths, chosen, "block_dims_map")
         per_leaf = [
             _Leaf(scale, _block_shape(config, path, x, d) if on else None)
             for path, x, on, scale, d in zip(paths, leaves, chosen, scales, dims)

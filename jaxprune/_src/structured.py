@@ -13,7 +13,7 @@ Three ways to prune weights in groups instead of one by one:
   output neurons) are kept or pruned by their L2 norm.
 
 Blocks and units rank their scores with the exact radix select of
-:mod:`jaxprune._src.selection`, never a sort. N:M needs the n-th largest of every small group
+:mod:`jaxprune._src.radix_select`, never a sort. N:M needs the n-th largest of every small group
 of ``m``: it takes the group's n-th largest key with ``lax.top_k`` over the last axis (only its
 value is used) and breaks ties by index explicitly, so the result does not depend on how a
 backend orders equal keys. All masks are exact and deterministic with and without ``jit``.
@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxprune._src import selection
+from jaxprune._src import radix_select
 from jaxprune._src.base import Array, ArrayLike, check_sparsity
 
 POOLINGS = ("AVG", "MAX")
@@ -249,10 +249,10 @@ def _block_threshold(
     x: Array, sparsity: ArrayLike, block_shape: tuple[int, int], pooling: str
 ) -> tuple[Array, Array]:
     scores = block_scores(x, block_shape, pooling)
-    keys = selection.magnitude_keys(scores)
-    kth = selection.kth_largest_key([keys], selection.kept_count(scores.size, sparsity))
+    keys = radix_select.magnitude_keys(scores)
+    kth = radix_select.kth_largest_key([keys], radix_select.kept_count(scores.size, sparsity))
     mask = expand_block_mask(keys >= kth, block_shape, x.shape)
-    return mask, selection.key_to_magnitude(kth, x.dtype)
+    return mask, radix_select.key_to_magnitude(kth, x.dtype)
 
 
 def block_mask(
@@ -381,7 +381,7 @@ def nm_mask(x: ArrayLike, n: int, m: int, *, axis: int = -2) -> Array:
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
 def _nm_mask(x: Array, n: int, m: int, axis: int) -> Array:
-    keys = jnp.moveaxis(selection.magnitude_keys(x), axis, -1)
+    keys = jnp.moveaxis(radix_select.magnitude_keys(x), axis, -1)
     length = keys.shape[-1]
     groups = -(-length // m)
     # Padding keys are 0 (the key of 0.0) and sit after every real entry of the last group,
@@ -453,12 +453,12 @@ def unit_threshold(x: ArrayLike, sparsity: ArrayLike, *, axis: int = -1) -> tupl
 @functools.partial(jax.jit, static_argnums=(2,))
 def _unit_threshold(x: Array, sparsity: ArrayLike, axis: int) -> tuple[Array, Array]:
     norms = unit_norms(x, axis=axis)
-    keys = selection.magnitude_keys(norms)
-    kth = selection.kth_largest_key([keys], selection.kept_count(norms.size, sparsity))
+    keys = radix_select.magnitude_keys(norms)
+    kth = radix_select.kth_largest_key([keys], radix_select.kept_count(norms.size, sparsity))
     index: list[Any] = [None] * x.ndim
     index[axis] = slice(None)
     mask = jnp.broadcast_to((keys >= kth)[tuple(index)], x.shape)
-    return mask, selection.key_to_magnitude(kth, x.dtype)
+    return mask, radix_select.key_to_magnitude(kth, x.dtype)
 
 
 def unit_mask(x: ArrayLike, sparsity: ArrayLike, *, axis: int = -1) -> Array:
