@@ -137,8 +137,8 @@ def fisher_prune(
     removal the neighbours of a pruned feature become cheaper, and the count follows.
 
     Args:
-      signals: a pytree like ``masks`` of ``(C,)`` signals (:func:`jaxprune.fisher_signals`,
-        usually averaged with :func:`jaxprune.update_fisher_signals`).
+      signals: a pytree like ``masks`` of ``(C,)`` signals (:func:`jaxprune.fisher.fisher_signals`,
+        usually averaged with :func:`jaxprune.fisher.update_fisher_signals`).
       masks: a pytree of channel masks, float arrays of shape ``(C,)`` with entries 1 (kept)
         and 0 (removed).
       costs: ``None``; a pytree like ``masks`` of marginal costs; or a function

@@ -19,8 +19,8 @@ per-example gradients,
     s_k = \frac{1}{N} \sum_{n=1}^{N} g_{nk}^2 = 2 \Delta_k ,
 
 so rankings by :math:`s` and :math:`\Delta` agree; only a cost trade-off
-:math:`s_k - \beta c_k` sees the factor 2 (see :func:`jaxprune.fisher_prune`). Across training
-steps the batch signals are averaged with decay :math:`\gamma` (0.96 by default):
+:math:`s_k - \beta c_k` sees the factor 2 (see :func:`jaxprune.fisher.fisher_prune`). Across
+training steps the batch signals are averaged with decay :math:`\gamma` (0.96 by default):
 :math:`\bar s \leftarrow \gamma \bar s + (1 - \gamma) s`.
 
 Two routes compute the :math:`g_{nk}`, from one function ``loss_fn(params, masks, example)``
@@ -254,7 +254,7 @@ def fisher_signals(
     :math:`\Delta_k = \frac{1}{2N}\sum_n g_{nk}^2` of the increase in loss when feature
     :math:`k` is removed (the factor 2 is the seed's convention; rankings are the same).
     Average it over steps with :func:`update_fisher_signals`, then remove the feature with the
-    smallest signal with :func:`jaxprune.fisher_prune`.
+    smallest signal with :func:`jaxprune.fisher.fisher_prune`.
 
     Args:
       loss_fn: ``loss_fn(params, masks, example) -> loss``, the scalar loss (negative

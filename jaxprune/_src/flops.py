@@ -86,10 +86,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprune._src import flops_masks, flops_rules, flops_walk
-from jaxprune._src.accessors import flat_leaves
 from jaxprune._src.base import path_str
 from jaxprune._src.flops_walk import UnknownEquation
 from jaxprune._src.summaries import _is_variable, _unwrap
+from jaxprune._src.trees import flat_leaves
 
 _CONVENTIONS = ("xla", "seed")
 _CONV_TAPS = ("valid", "all")
