@@ -1,4 +1,4 @@
-"""Magnitude masks and the exact selection routine (SEMANTICS.md §2.1, decision 3)."""
+"""Magnitude masks (tfmot's kept-count rule) and the exact radix selection routine."""
 
 import jax
 import jax.numpy as jnp
@@ -58,7 +58,8 @@ def test_kept_count_rounding(maybe_jit, n, sparsity, kept):
 
 
 def test_ties_are_all_kept(maybe_jit):
-    # SEMANTICS.md §2.1: 40 values, 4 magnitudes, s=0.5 -> k=20 but 34 kept.
+    # tfmot's rule keeps every tie at the threshold: 40 values, 4 magnitudes, s=0.5 -> k=20 but
+    # 34 kept.
     values = np.array([4.0] * 4 + [-3.0] * 10 + [2.0] * 20 + [-1.0] * 6, np.float32)
     x = jnp.asarray(np.random.default_rng(0).permutation(values))
     mask = maybe_jit(jp.magnitude_mask)(x, 0.5)

@@ -74,7 +74,8 @@ def fisher_pruning(
     :math:`g_{nk}` of this batch as the extra argument ``mask_grads``:
 
     1. the signals are averaged, :math:`\bar s \leftarrow \gamma \bar s + (1-\gamma)
-       \frac{1}{B}\sum_n g_{nk}^2` (the seed's update, from zeros, :math:`\gamma` = ``decay``);
+       \frac{1}{B}\sum_n g_{nk}^2` (the reference code's update, from zeros,
+       :math:`\gamma` = ``decay``);
     2. if ``t >= burn_in``, ``(t - burn_in) % frequency == 0`` and the FLOPs of the current
        masks are still above ``target_flops``, one feature is removed by
        :func:`jaxprune.fisher.fisher_prune` with the marginal costs of the current masks
@@ -97,7 +98,7 @@ def fisher_pruning(
       frequency: updates between two removals, ``>= 1``.
       burn_in: updates before the first removal, ``>= 0``; lets the moving average fill
         (:math:`1 - \gamma^t` of its weight after ``t`` updates).
-      decay: :math:`\gamma` in ``[0, 1)``, 0.96 by default (the seed's).
+      decay: :math:`\gamma` in ``[0, 1)``, 0.96 by default (the paper's reference code's).
       cost_fn: ``masks -> FLOPs``, a JAX function of the masks, e.g. built on
         :func:`jaxprune.count_flops` with ``channel_argnums`` and one example's input; needed
         for ``beta > 0``, ``criterion="ratio"`` and ``target_flops``.

@@ -10,8 +10,8 @@ where ``m[c] = 1``. The count treats the masked features as removed:
   consumes the axis, which then sums over the kept features only;
 * **backwards**, the op that produced the masked tensor (and every element-wise
   op in between) computes only the features that some consumer still needs,
-  as the seed's ``find_output_mask`` does. A feature read by two consumers is
-  needed unless both drop it.
+  as ``find_output_mask`` of Theis et al.'s reference code does. A feature read
+  by two consumers is needed unless both drop it.
 
 Each axis of each value carries a symbolic *keep vector*, an AND of atoms: a
 mask laid out on the axis (tiled when a reshape flattens it together with other

@@ -5,10 +5,10 @@ Three ways to prune weights in groups instead of one by one:
 * **blocks** (:func:`block_mask`): a rank-2 weight is cut into ``bh × bw`` tiles aligned at
   ``(0, 0)``; each tile is scored by the average or maximum of its ``|w|`` and tiles are kept by
   tfmot's magnitude rule applied to the scores (TensorFlow's ``block_size`` /
-  ``block_pooling_type``, SEMANTICS.md §2.2 and decision 4);
+  ``block_pooling_type``; where jaxprune departs from it is listed in :func:`block_mask`);
 * **N:M** (:func:`nm_mask`): in every run of ``m`` consecutive weights along the input-feature
-  axis, the ``n`` largest magnitudes are kept (tfmot's ``sparsity_m_by_n``, §2.3 and
-  decision 5);
+  axis, the ``n`` largest magnitudes are kept (tfmot's ``sparsity_m_by_n``, which counts the
+  pruned entries instead: see :func:`nm_mask`);
 * **units** (:func:`unit_mask`): whole slices along one axis (for a Flax ``(in, out)`` kernel,
   output neurons) are kept or pruned by their L2 norm.
 
@@ -272,7 +272,8 @@ def block_mask(
     so ties at the threshold are all kept and at least one block survives; the block mask is
     then expanded to the weight's shape.
 
-    Differences from TensorFlow (SEMANTICS.md §2.2, decision 4):
+    Differences from TensorFlow (also in "What differs from TensorFlow" of
+    ``docs/migrating-from-tensorflow.md``):
 
     * tfmot pools with SAME padding, which splits the padding of an axis into
       ``pad_before = total // 2`` and the rest after. When an axis needs a total pad of 2 or
@@ -346,8 +347,8 @@ def nm_mask(x: ArrayLike, n: int, m: int, *, axis: int = -2) -> Array:
     * **A partial last group** (the axis length is not a multiple of ``m``) keeps
       ``min(n, its size)`` entries, as tfmot's zero padding does.
     * **Migrating from tfmot**: ``sparsity_m_by_n=(a, b)`` prunes ``a`` of every ``b`` weights
-      (SEMANTICS.md §2.3), so it is ``nm_mask(x, b - a, b)`` here; ``(2, 4)`` is ``2:4`` either
-      way, but ``(1, 4)`` keeps 3 of 4.
+      (``a`` counts the pruned entries, not the kept ones), so it is ``nm_mask(x, b - a, b)``
+      here; ``(2, 4)`` is ``2:4`` either way, but ``(1, 4)`` keeps 3 of 4.
 
     Args:
       x: float array of rank >= 1.
