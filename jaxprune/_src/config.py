@@ -17,6 +17,9 @@ brackets, their entries separated by commas or spaces::
 
 so a regex in a map can contain neither ``:`` (the entry is split on it, as TensorFlow does) nor
 ``,``, ``]`` or whitespace (they end the entry or the list).
+
+Part of the TensorFlow-compatibility wing (:mod:`jaxprune.tf`): nothing outside the wing imports
+this module.
 """
 
 from __future__ import annotations

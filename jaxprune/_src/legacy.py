@@ -2,7 +2,7 @@ r"""TensorFlow's legacy pruning (``tf.contrib.model_pruning``, lingvo) as an opt
 
 :func:`pruning_from_config` reproduces the algorithm that ``Pruning(hparams,
 global_step).conditional_mask_update_op()`` runs, from a
-:class:`~jaxprune._src.config.PruningConfig`:
+:class:`~jaxprune.tf.PruningConfig`:
 
 * **when**: at step ``t`` the masks are updated when
   ``begin_pruning_step <= t`` (and ``t <= end_pruning_step`` unless it is ``-1``) and at least
@@ -24,6 +24,9 @@ optimizer steps is step ``t`` (the first update is step 0). It plays TensorFlow'
 new masks take effect in the next training step. Here the masks of step ``t`` are computed at
 the start of update ``t`` from the same weights (the ``params`` passed to ``update``) and
 applied to the weights update ``t`` produces. The two timelines have the same step numbers.
+
+Part of the TensorFlow-compatibility wing (:mod:`jaxprune.tf`): nothing outside the wing imports
+this module.
 """
 
 from __future__ import annotations
@@ -455,7 +458,7 @@ def pruning_from_config(
     * ``name`` and ``use_tpu`` have no effect.
 
     Args:
-      config: a :class:`~jaxprune._src.config.PruningConfig`, or its hparams string (parsed
+      config: a :class:`~jaxprune.tf.PruningConfig`, or its hparams string (parsed
         with ``PruningConfig.parse``).
       prune: which leaves are pruned: a regex searched in the ``/``-joined leaf path, or a
         predicate ``(path, leaf) -> bool``. Default: float leaves of
