@@ -47,8 +47,9 @@ import numpy as np
 import optax
 
 import jaxprune
-from jaxprune import ChannelMask, fisher_pruning, fisher_value_and_grad, per_example_mask_grads
+from jaxprune import fisher_pruning
 from jaxprune._src.nn import MASK_COLLECTION
+from jaxprune.fisher import ChannelMask, fisher_value_and_grad, per_example_mask_grads
 
 BATCH = 64
 TARGET = 1.15

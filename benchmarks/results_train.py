@@ -125,7 +125,7 @@ def total_steps(data: Data, budget: Budget) -> int:
     return max(1, int(round(budget.epochs * steps_per_epoch(data, budget))))
 
 
-def gradual_schedule(steps: int, sparsity: float) -> jp.PolynomialDecay:
+def gradual_schedule(steps: int, sparsity: float) -> jp.schedules.PolynomialDecay:
     """Zhu & Gupta's cubic curve from 0 over the middle half of training, then fine-tuning.
 
     Dense for the first quarter, pruning up to the target over the second and third quarters
@@ -197,8 +197,8 @@ def build_method(spec: dict, params: Any, steps: int) -> tuple[Callable, str]:
         )
         return (lambda extra: optax.chain(adam, tx)), "chain"
     if method == "legacy_tf":
-        config = jp.PruningConfig.parse(legacy_hparams(steps, spec["hparams"]))
-        return (lambda extra: optax.chain(adam, jp.pruning_from_config(config))), "chain"
+        config = jp.tf.PruningConfig.parse(legacy_hparams(steps, spec["hparams"]))
+        return (lambda extra: optax.chain(adam, jp.tf.pruning_from_config(config))), "chain"
     if method == "random_pruning":
         smap = sparsities(params, s, dist)
         return (

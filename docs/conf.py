@@ -1,8 +1,10 @@
 """Sphinx configuration: the pages in docs/ (Markdown, via MyST) and an API reference that
 autodoc builds from the docstrings. Build with ``make docs``; the site goes to ``site/``."""
 
+import importlib
 import inspect
 import re
+import types
 
 import jaxprune
 
@@ -37,24 +39,51 @@ html_theme = "furo"
 html_title = f"jaxprune {release}"
 
 
-def _directive(name: str) -> str:
-    kind = "autoclass" if inspect.isclass(getattr(jaxprune, name)) else "autofunction"
-    return f".. {kind}:: jaxprune.{name}\n"
+def _subpackages() -> list:
+    """The public subpackages: ``jaxprune.fisher``, ``jaxprune.tf``, ..."""
+    return [
+        module
+        for name, module in vars(jaxprune).items()
+        if isinstance(module, types.ModuleType)
+        and module.__name__ == f"jaxprune.{name}"
+        and not name.startswith("_")
+    ]
+
+
+def _public() -> dict[int, str]:
+    """Every public object, by id, under its shortest name (the top level first)."""
+    out: dict[int, str] = {}
+    for module in [jaxprune, *_subpackages()]:
+        for name in module.__all__:
+            out.setdefault(id(getattr(module, name)), f"{module.__name__}.{name}")
+    return out
+
+
+def _resolve(dotted: str):
+    module_name, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module_name), name)
+
+
+def _directive(dotted: str) -> str:
+    kind = "autoclass" if inspect.isclass(_resolve(dotted)) else "autofunction"
+    return f".. {kind}:: {dotted}\n"
 
 
 def _complete_api_page(app, docname, source):
-    """Appends every public name that docs/api.md does not place in a section yet.
+    """Appends every public object that docs/api.md does not place in a section yet.
 
-    The reference then always covers ``jaxprune.__all__``, also right after a new name is
-    exported and before someone files it under the right heading.
+    The reference then always covers ``jaxprune.__all__`` and the subpackages' ``__all__``,
+    also right after a new name is exported and before someone files it under the right
+    heading.
     """
     if docname != "api":
         return
-    placed = set(re.findall(r"jaxprune\.(\w+)", source[0]))
-    missing = [name for name in jaxprune.__all__ if name not in placed]
+    directives = re.findall(r"^\.\. auto(?:function|class):: (jaxprune[\w.]*)$", source[0], re.M)
+    placed = {id(_resolve(d)) for d in directives}
+    missing = [dotted for key, dotted in _public().items() if key not in placed]
     if missing:
         # autodoc writes reStructuredText, which MyST reads inside an eval-rst block.
-        rst = "\n".join(_directive(n) for n in missing)
+        rst = "\n".join(_directive(d) for d in missing)
         source[0] += f"\n## More\n\n```{{eval-rst}}\n{rst}```\n"
 
 

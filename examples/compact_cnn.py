@@ -160,7 +160,7 @@ def main(argv=None) -> int:
     keep = jp.group_masks(scores, groups, sparsity=args.sparsity)
     small, small_fn = jp.compact(fn, variables, keep, x_test)
 
-    masks = jp.group_weight_masks(variables, groups, keep)
+    masks = jp.structural.group_weight_masks(variables, groups, keep)
     masked = jax.tree.map(lambda w, m: w * m, variables, masks)
     out_masked = np.asarray(jax.jit(fn)(masked, x_test))
     out_small = np.asarray(jax.jit(small_fn)(small, x_test))

@@ -163,7 +163,7 @@ def train(params, tx, graphdef, data, *, key, first, steps, log_every, schedule=
     return params, opt_state, records
 
 
-def make_schedule(prune_steps: int) -> jaxprune.PolynomialDecay:
+def make_schedule(prune_steps: int) -> jaxprune.schedules.PolynomialDecay:
     """0% to 90% over the first two thirds of fine-tuning, then 90% until the end.
 
     The schedule counts the fine-tuning optimizer's updates, from 0. Its cubic curve (Zhu &

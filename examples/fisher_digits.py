@@ -7,7 +7,7 @@ The recipe of Theis et al., "Faster gaze prediction with dense networks and Fish
    (ones), whose mask is an ``nnx.Variable`` of its own, outside the parameters.
 2. Fine-tune with ``jaxprune.fisher_pruning`` last in the optax chain. Each step gets the
    parameter gradients and the per-example gradients of the loss with respect to the masks
-   from one backward pass (``jaxprune.fisher_value_and_grad``); the transformation keeps a
+   from one backward pass (``jaxprune.fisher.fisher_value_and_grad``); the transformation keeps a
    moving average of their squares and, every ``--frequency`` steps, removes the channel with
    the smallest signal over all layers, until ``jaxprune.count_flops`` says the network costs
    at most ``--target`` of its dense FLOPs.
@@ -43,7 +43,8 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 import jaxprune
-from jaxprune import ChannelMaskVariable, NNXChannelMask, fisher_pruning, fisher_value_and_grad
+from jaxprune import fisher_pruning
+from jaxprune.fisher import ChannelMaskVariable, NNXChannelMask, fisher_value_and_grad
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)

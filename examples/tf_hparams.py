@@ -38,7 +38,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 import jaxprune
-from jaxprune import PruningConfig, pruning_from_config
+from jaxprune.tf import PruningConfig, pruning_from_config
 
 # The README's cifar10 string, with every step divided by 100.
 DEFAULT_HPARAMS = (

@@ -2,66 +2,53 @@
 
 Masks from pure functions on parameter pytrees, and an optax transformation that prunes on a
 schedule inside any jit-compiled training loop.
+
+The names here are the public API. Families live in public subpackages, each with its own
+``__all__``: :mod:`jaxprune.schedules`, :mod:`jaxprune.oneshot`, :mod:`jaxprune.structural`,
+:mod:`jaxprune.fisher`, :mod:`jaxprune.flops` and :mod:`jaxprune.tf` (TensorFlow
+compatibility); their most used names are here too. Everything under ``jaxprune._src`` is
+private.
 """
 
 # The public API is re-exported one name per line (isort would merge them).
 # ruff: noqa: I001
 
+import warnings as _warnings
+
+from jaxprune import fisher as fisher
+from jaxprune import flops as flops
+from jaxprune import oneshot as oneshot
+from jaxprune import schedules as schedules
+from jaxprune import structural as structural
+from jaxprune import tf as tf
 from jaxprune._src.acdc import ACDCState
 from jaxprune._src.acdc import acdc
-from jaxprune._src.accessors import get_masked_weights
-from jaxprune._src.accessors import get_thresholds
-from jaxprune._src.accessors import get_weight_sparsity
-from jaxprune._src.accessors import get_weights
-from jaxprune._src.accessors import pruning_summaries
-from jaxprune._src.config import PruningConfig
-from jaxprune._src.config import PruningConfigWarning
 from jaxprune._src.distributions import erk_sparsities
 from jaxprune._src.distributions import uniform_sparsities
 from jaxprune._src.export import load_sparse
 from jaxprune._src.export import save_sparse
 from jaxprune._src.export import strip
 from jaxprune._src.export import to_bcoo
-from jaxprune._src.fisher import FisherPruningState
-from jaxprune._src.fisher import extend_masks
-from jaxprune._src.fisher import fisher_batch_signals
-from jaxprune._src.fisher import fisher_prune
 from jaxprune._src.fisher import fisher_pruning
-from jaxprune._src.fisher import fisher_signals
-from jaxprune._src.fisher import fisher_value_and_grad
-from jaxprune._src.fisher import mask_channels
-from jaxprune._src.fisher import per_example_mask_grads
-from jaxprune._src.fisher import update_fisher_signals
-from jaxprune._src.flops import FlopsReport
-from jaxprune._src.flops import UnknownEquation
 from jaxprune._src.flops import count_flops
 from jaxprune._src.flops import flops_report
 from jaxprune._src.graph.compact import compact
-from jaxprune._src.graph.compact import group_weight_masks
-from jaxprune._src.graph.groups import BlockedAxis
-from jaxprune._src.graph.groups import DependencyGroups
-from jaxprune._src.graph.groups import Group
 from jaxprune._src.graph.groups import dependency_groups
 from jaxprune._src.graph.groups import group_masks
 from jaxprune._src.graph.groups import group_scores
-from jaxprune._src.legacy import LegacyPruningState
-from jaxprune._src.legacy import pruning_from_config
+from jaxprune._src.leaf_rules import default_rule
 from jaxprune._src.masks import apply_masks
 from jaxprune._src.masks import global_magnitude_masks
 from jaxprune._src.masks import magnitude_mask
-from jaxprune._src.nn import ChannelMask
-from jaxprune._src.nn import ChannelMaskVariable
-from jaxprune._src.nn import NNXChannelMask
 from jaxprune._src.oneshot import prune_units
 from jaxprune._src.oneshot import prune_weights
-from jaxprune._src.posttraining import hessian_from_inputs
-from jaxprune._src.posttraining import owl_sparsities
-from jaxprune._src.posttraining import sparsegpt_prune
-from jaxprune._src.posttraining import wanda_mask
 from jaxprune._src.posttraining_runner import prune_oneshot
 from jaxprune._src.random_pruning import RandomPruningState
 from jaxprune._src.random_pruning import random_pruning
-from jaxprune._src.schedules import ConstantSparsity
+from jaxprune._src.schedules import PruningSchedule
+from jaxprune._src.schedules import constant_sparsity
+from jaxprune._src.schedules import polynomial_decay
+from jaxprune._src.schedules import schedule_from_optax
 from jaxprune._src.sparse_core import SparseAlgorithm
 from jaxprune._src.sparse_core import SparseMaskState
 from jaxprune._src.sparse_core import SparseState
@@ -75,15 +62,6 @@ from jaxprune._src.sparse_ste import magnitude_ste
 from jaxprune._src.sparse_ste import movement_pruning
 from jaxprune._src.sparse_ste import random_ste
 from jaxprune._src.sparse_ste import saliency_pruning
-from jaxprune._src.spec import default_rule
-from jaxprune._src.schedules import OptaxSparsity
-from jaxprune._src.schedules import PolynomialDecay
-from jaxprune._src.schedules import PruningSchedule
-from jaxprune._src.schedules import TfmotSchedule
-from jaxprune._src.schedules import constant_sparsity
-from jaxprune._src.schedules import from_tfmot
-from jaxprune._src.schedules import polynomial_decay
-from jaxprune._src.schedules import schedule_from_optax
 from jaxprune._src.structured import BlockSparsity
 from jaxprune._src.structured import NMSparsity
 from jaxprune._src.structured import UnitSparsity
@@ -94,6 +72,7 @@ from jaxprune._src.summaries import PrunedWeightsNotZeroError
 from jaxprune._src.summaries import check_pruned_zero
 from jaxprune._src.summaries import get_masks
 from jaxprune._src.summaries import get_pruning_state
+from jaxprune._src.summaries import pruning_summaries
 from jaxprune._src.summaries import sparsity_summary
 from jaxprune._src.summaries import sparsity_table
 from jaxprune._src.transform import MagnitudePruningState
@@ -101,96 +80,132 @@ from jaxprune._src.transform import magnitude_pruning
 
 __version__ = "0.1.0"
 
+# Grouped by family, as in docs/api.md.
 __all__ = [
-    "ACDCState",
-    "BlockSparsity",
-    "BlockedAxis",
-    "ChannelMask",
-    "ChannelMaskVariable",
-    "ConstantSparsity",
-    "DependencyGroups",
-    "FisherPruningState",
-    "FlopsReport",
-    "Group",
-    "LegacyPruningState",
+    # Pruning in a training loop
+    "magnitude_pruning",
     "MagnitudePruningState",
-    "MovementPruningState",
-    "NMSparsity",
-    "NNXChannelMask",
-    "OptaxSparsity",
-    "PolynomialDecay",
-    "PrunedWeightsNotZeroError",
-    "PruningConfig",
-    "PruningConfigWarning",
-    "PruningSchedule",
-    "RandomPruningState",
-    "SparseAlgorithm",
-    "SparseMaskState",
-    "SparseState",
-    "TfmotSchedule",
-    "UnitSparsity",
-    "UnknownEquation",
-    "acdc",
-    "apply_masks",
-    "block_mask",
-    "check_pruned_zero",
-    "compact",
-    "constant_sparsity",
-    "count_flops",
     "default_rule",
-    "dependency_groups",
+    "check_pruned_zero",
+    "PrunedWeightsNotZeroError",
+    # Schedules (the classes are in jaxprune.schedules)
+    "polynomial_decay",
+    "constant_sparsity",
+    "schedule_from_optax",
+    "PruningSchedule",
+    # Masks
+    "magnitude_mask",
+    "global_magnitude_masks",
+    "apply_masks",
+    # Structured masks
+    "block_mask",
+    "nm_mask",
+    "unit_mask",
+    "BlockSparsity",
+    "NMSparsity",
+    "UnitSparsity",
+    # Sparse training
+    "sparse",
+    "masked_params",
+    "static_sparse",
+    "set_training",
+    "rigl",
+    "magnitude_ste",
+    "random_ste",
+    "saliency_pruning",
+    "movement_pruning",
+    "SparseAlgorithm",
+    "SparseState",
+    "SparseMaskState",
+    "MovementPruningState",
+    # Sparsity distributions, random pruning and AC/DC
+    "uniform_sparsities",
     "erk_sparsities",
-    "extend_masks",
-    "fisher_batch_signals",
-    "fisher_prune",
-    "fisher_pruning",
-    "fisher_signals",
-    "fisher_value_and_grad",
-    "flops_report",
-    "from_tfmot",
-    "get_masked_weights",
+    "random_pruning",
+    "RandomPruningState",
+    "acdc",
+    "ACDCState",
+    # One-shot pruning (the layer functions are in jaxprune.oneshot)
+    "prune_weights",
+    "prune_units",
+    "prune_oneshot",
+    # Structural pruning (the group types are in jaxprune.structural)
+    "dependency_groups",
+    "group_scores",
+    "group_masks",
+    "compact",
+    # Inspecting and logging the pruning state
     "get_masks",
     "get_pruning_state",
-    "get_thresholds",
-    "get_weight_sparsity",
-    "get_weights",
-    "global_magnitude_masks",
-    "group_masks",
-    "group_scores",
-    "group_weight_masks",
-    "hessian_from_inputs",
-    "load_sparse",
-    "magnitude_mask",
-    "magnitude_pruning",
-    "magnitude_ste",
-    "mask_channels",
-    "masked_params",
-    "movement_pruning",
-    "nm_mask",
-    "owl_sparsities",
-    "per_example_mask_grads",
-    "polynomial_decay",
-    "prune_oneshot",
-    "prune_units",
-    "prune_weights",
-    "pruning_from_config",
     "pruning_summaries",
-    "random_pruning",
-    "random_ste",
-    "rigl",
-    "saliency_pruning",
-    "save_sparse",
-    "schedule_from_optax",
-    "set_training",
-    "sparse",
-    "sparsegpt_prune",
     "sparsity_summary",
     "sparsity_table",
-    "static_sparse",
+    # Export
     "strip",
     "to_bcoo",
-    "uniform_sparsities",
-    "unit_mask",
-    "update_fisher_signals",
-    "wanda_mask",
+    "save_sparse",
+    "load_sparse",
+    # Fisher pruning (the rest is in jaxprune.fisher)
+    "fisher_pruning",
+    # FLOPs (the rest is in jaxprune.flops)
+    "count_flops",
+    "flops_report",
 ]
+
+# Names that jaxprune 0.1.0 exported here and that now live in a subpackage only. They still
+# resolve, to the same object, with a DeprecationWarning that names the new place.
+_MOVED = {
+    **dict.fromkeys(
+        [
+            "PruningConfig",
+            "PruningConfigWarning",
+            "pruning_from_config",
+            "LegacyPruningState",
+            "get_thresholds",
+            "get_weights",
+            "get_masked_weights",
+            "get_weight_sparsity",
+            "from_tfmot",
+            "TfmotSchedule",
+        ],
+        "tf",
+    ),
+    **dict.fromkeys(
+        [
+            "FisherPruningState",
+            "fisher_prune",
+            "fisher_signals",
+            "update_fisher_signals",
+            "fisher_value_and_grad",
+            "per_example_mask_grads",
+            "fisher_batch_signals",
+            "mask_channels",
+            "extend_masks",
+            "ChannelMask",
+            "NNXChannelMask",
+            "ChannelMaskVariable",
+        ],
+        "fisher",
+    ),
+    **dict.fromkeys(["FlopsReport", "UnknownEquation"], "flops"),
+    **dict.fromkeys(["PolynomialDecay", "ConstantSparsity", "OptaxSparsity"], "schedules"),
+    **dict.fromkeys(
+        ["wanda_mask", "sparsegpt_prune", "hessian_from_inputs", "owl_sparsities"], "oneshot"
+    ),
+    **dict.fromkeys(
+        ["group_weight_masks", "Group", "BlockedAxis", "DependencyGroups"], "structural"
+    ),
+}
+
+
+def __getattr__(name: str):
+    subpackage = _MOVED.get(name)
+    if subpackage is None:
+        raise AttributeError(f"module 'jaxprune' has no attribute {name!r}")
+    _warnings.warn(
+        f"jaxprune.{name} moved to jaxprune.{subpackage}.{name}; the top-level name is "
+        "deprecated and will be removed in a future release",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return getattr(globals()[subpackage], name)

@@ -1,4 +1,4 @@
-"""Lingvo-style accessors and pruning summaries (SEMANTICS.md §8.4)."""
+"""Lingvo-style accessors (jaxprune.tf) and pruning summaries (add_pruning_summaries)."""
 
 from typing import NamedTuple
 
@@ -15,8 +15,8 @@ from jaxprune._src.accessors import (
     get_thresholds,
     get_weight_sparsity,
     get_weights,
-    pruning_summaries,
 )
+from jaxprune._src.summaries import pruning_summaries
 from jaxprune._src.transform import register_pruning_state
 
 SCHEDULE = jp.polynomial_decay(0.0, 0.75, begin_step=0, end_step=4, power=1, frequency=2)

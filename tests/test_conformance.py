@@ -41,7 +41,7 @@ FACTORIES = {
     "magnitude_global": (lambda: _chain(jp.magnitude_pruning(SCHEDULE, scope="global")), False),
     "from_config": (
         lambda: _chain(
-            jp.pruning_from_config(
+            jp.tf.pruning_from_config(
                 "pruning_frequency=2,threshold=topk,threshold_decay=0.0,target_sparsity=0.5,"
                 "sparsity_function_end_step=2"
             )

@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -51,9 +52,31 @@ def test_sharding_page_runs(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_api_page_documents_only_public_names_once():
+def _public_homes():
+    """``{module: its __all__}`` for the top level and every public subpackage."""
+    homes = {jp: jp.__all__}
+    for name, module in vars(jp).items():
+        public = not name.startswith("_") and isinstance(module, types.ModuleType)
+        if public and module.__name__ == f"jaxprune.{name}":
+            homes[module] = module.__all__
+    return homes
+
+
+def test_api_page_documents_every_public_object_once_under_its_shortest_name():
     text = (DOCS / "api.md").read_text()
-    names = re.findall(r"^\.\. auto(?:function|class):: jaxprune\.(\w+)$", text, re.MULTILINE)
-    assert names
-    assert not [n for n in names if n not in jp.__all__], "not exported by jaxprune"
-    assert len(names) == len(set(names)), "documented twice"
+    targets = re.findall(r"^\.\. auto(?:function|class):: jaxprune\.([\w.]+)$", text, re.MULTILINE)
+    assert targets
+    homes = _public_homes()
+    documented = {}
+    for target in targets:
+        *sub, name = target.split(".")
+        module = getattr(jp, sub[0]) if sub else jp
+        assert module in homes and len(sub) <= 1, f"jaxprune.{target} is not a public module"
+        assert name in module.__all__, f"jaxprune.{target} is not exported"
+        obj = getattr(module, name)
+        assert id(obj) not in documented, f"documented twice: {target}"
+        if sub:
+            assert name not in jp.__all__, f"document jaxprune.{target} at the top level"
+        documented[id(obj)] = target
+    public = {id(getattr(m, n)): f"{m.__name__}.{n}" for m, names in homes.items() for n in names}
+    assert not sorted(public[k] for k in public.keys() - documented.keys()), "not documented"

@@ -1,4 +1,4 @@
-"""Strip, BCOO export and compact saving (SEMANTICS.md §5, TensorFlow's strip_pruning_vars)."""
+"""Strip (TensorFlow's strip_pruning_vars), BCOO export and compact saving."""
 
 import io
 import os

@@ -369,14 +369,14 @@ def test_bad_options_raise():
 
 
 # ---------------------------------------------------------------------------
-# Seed convention.
+# The theis2018 convention (Theis et al. 2018's reference code).
 
 
-def test_seed_convention_matmul_conv_add_mul():
+def test_theis2018_convention_matmul_conv_add_mul():
     x, w, b = jnp.ones((4, 6)), jnp.ones((6, 5)), jnp.ones((5,))
     # MatMul 4*5*(2*6-1), BiasAdd 4*5 (the larger input), tanh/sub free.
     f = lambda x, w, b: jnp.tanh(x @ w + b[None, :]) - 1.0  # noqa: E731
-    assert count_flops(f, x, w, b, convention="seed") == 4 * 5 * 11 + 20
+    assert count_flops(f, x, w, b, convention="theis2018") == 4 * 5 * 11 + 20
 
     img, k = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 7))
     conv = functools.partial(
@@ -386,14 +386,29 @@ def test_seed_convention_matmul_conv_add_mul():
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )
     # Conv2D: prod(out) * (kh*kw*cin*2 - 1), SAME padding taps included.
-    assert count_flops(conv, img, k, convention="seed") == 2 * 8 * 8 * 7 * (3 * 3 * 3 * 2 - 1)
-    assert count_flops(lambda a: (a * a).sum(), img, convention="seed") == math.prod(img.shape)
+    assert count_flops(conv, img, k, convention="theis2018") == 2 * 8 * 8 * 7 * (3 * 3 * 3 * 2 - 1)
+    assert count_flops(lambda a: (a * a).sum(), img, convention="theis2018") == math.prod(img.shape)
 
 
-def test_seed_convention_lists_nothing_as_unknown():
-    r = flops_report(lambda x: jnp.sort(x) * 2.0, jnp.ones((5,)), convention="seed")
+def test_theis2018_convention_lists_nothing_as_unknown():
+    r = flops_report(lambda x: jnp.sort(x) * 2.0, jnp.ones((5,)), convention="theis2018")
     assert r.flops == 5 and r.unknown_primitives == {}
-    assert r.convention == "seed"
+    assert r.convention == "theis2018"
+
+
+def test_seed_is_the_deprecated_spelling_of_theis2018():
+    # jaxprune 0.1.0 called this convention "seed": it still counts the same, with a warning.
+    f = lambda x, w: jnp.tanh(x @ w) + x @ w  # noqa: E731
+    x, w = jnp.ones((4, 6)), jnp.ones((6, 6))
+    expected = count_flops(f, x, w, convention="theis2018")
+    with pytest.warns(DeprecationWarning, match="convention=.seed. is deprecated") as caught:
+        assert count_flops(f, x, w, convention="seed") == expected
+    assert caught[0].filename == __file__  # the warning points at the caller
+    with pytest.warns(DeprecationWarning, match="theis2018"):
+        r = flops_report(f, x, w, convention="seed")
+    assert r.flops == expected and r.convention == "theis2018"
+    with pytest.raises(ValueError, match=r"one of \('xla', 'theis2018'\), got 'tf'"):
+        count_flops(f, x, w, convention="tf")
 
 
 def test_counts_are_deterministic_python_ints():
@@ -502,7 +517,7 @@ NETS = {
 }
 
 
-@pytest.mark.parametrize("convention", ["xla", "seed"])
+@pytest.mark.parametrize("convention", ["xla", "theis2018"])
 @pytest.mark.parametrize("net", sorted(NETS))
 @pytest.mark.parametrize("seed", [0, 1])
 def test_binary_masks_count_the_physically_smaller_network(net, convention, seed):

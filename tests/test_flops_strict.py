@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from jax import lax
 
 import jaxprune
-from jaxprune._src.accessors import flat_leaves
 from jaxprune._src.flops import UnknownEquation, count_flops, flops_report
 from jaxprune._src.flops_walk import float_trip_count, integer_trip_count
+from jaxprune._src.trees import flat_leaves
 
 X = jnp.ones((4,))
 
@@ -97,13 +97,13 @@ def test_primitive_without_rule_raises_and_counts_zero_when_allowed():
     with pytest.raises(ValueError, match="mystery_strict_op"):
         count_flops(fn, X)
     assert count_flops(fn, X, allow_unknown=True) == 4
-    # The seed convention costs every primitive it does not list at 0 by
+    # The theis2018 convention costs every primitive it does not list at 0 by
     # definition; opaque calls and dynamic loops are still unknown there.
-    assert count_flops(fn, X, convention="seed") == 4
+    assert count_flops(fn, X, convention="theis2018") == 4
     with pytest.raises(ValueError, match="pure_callback"):
-        count_flops(_callback, X, convention="seed")
+        count_flops(_callback, X, convention="theis2018")
     with pytest.raises(ValueError, match="while"):
-        count_flops(_dynamic_while, jnp.ones((8, 8)), convention="seed")
+        count_flops(_dynamic_while, jnp.ones((8, 8)), convention="theis2018")
 
 
 def test_unknown_inside_nested_calls_scans_and_every_cond_branch():

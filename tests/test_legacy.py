@@ -1,4 +1,4 @@
-"""pruning_from_config: TensorFlow's legacy model_pruning, checked against SEMANTICS.md §7–§8."""
+"""pruning_from_config: TensorFlow's legacy model_pruning, checked against NumPy references."""
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +21,7 @@ from jaxprune._src.legacy import (
 
 
 def np_histogram_threshold(a, s, nbins):
-    """§7.2 in float32: the start of the first bin whose cdf reaches s."""
+    """The histogram threshold in float32: the start of the first bin whose cdf reaches s."""
     a = np.abs(np.asarray(a, np.float32)).ravel()
     top = a.max()
     if top == 0:
@@ -35,7 +35,7 @@ def np_histogram_threshold(a, s, nbins):
 
 
 def np_topk_threshold(a, s):
-    """§7.3: the k-th largest, k = round_half_even(f32(n) * (1 - s)) (0 taken as 1)."""
+    """Top-k threshold: the k-th largest, k = round_half_even(f32(n) * (1 - s)) (0 taken as 1)."""
     a = np.abs(np.asarray(a, np.float32)).ravel()
     k = int(np.round(np.float32(a.size) * (np.float32(1.0) - np.float32(s))))
     return np.sort(a)[::-1][max(k, 1) - 1]
@@ -59,7 +59,7 @@ def np_block_scores(x, bh, bw, pooling):
 
 
 def updates_of(config, steps):
-    """The steps at which the legacy rule updates the masks, by the rule of §8.2 in Python."""
+    """The steps at which the legacy rule updates the masks, by that rule in Python."""
     out, last = [], 0
     for t in range(steps):
         in_range = t >= config.begin_pruning_step and (
@@ -93,7 +93,7 @@ def normal(seed, shape):
     return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
 
 
-# ----- the histogram threshold (§7.2) -----
+# ----- the histogram threshold -----
 
 
 @pytest.mark.parametrize("nbins", [1, 7, 256])
@@ -110,7 +110,7 @@ def test_histogram_by_hand_512_values():
     # two each and bin 255 three, so cdf[b] = (1 + 2b) / 512. cdf < 0.1 for b <= 25: 26 bins,
     # and the threshold is 26/256 = 0.1015625. With threshold_decay 0.9 the first update
     # smooths it to 0.1 * 0.1015625 from 0, and only |w| <= 5/512 are pruned: 5 of 512 (the
-    # slow start of SEMANTICS.md §7.2, whose worked example pruned 6 of 512).
+    # slow start of the smoothed threshold).
     w = (np.arange(512) + 1) / 512 * np.where(np.arange(512) % 2, -1.0, 1.0)
     w = jnp.asarray(w, jnp.float32)
     assert float(histogram_threshold(jnp.abs(w), 0.1, 256)) == 26 / 256
@@ -195,7 +195,7 @@ def test_block_mask_matches_numpy(maybe_jit):
         np.testing.assert_array_equal(mask, np.kron(kept, np.ones((2, 4), bool)))
 
 
-# ----- when: the update rule (§8.2) and the sparsity function (§8.1) -----
+# ----- when: the update rule and the sparsity function -----
 
 
 @pytest.mark.parametrize(
@@ -439,8 +439,8 @@ def test_accessors_find_the_legacy_state():
     import jaxprune as jp
 
     params = {"w": jnp.arange(1.0, 17.0).reshape(4, 4)}
-    tx = optax.chain(optax.sgd(0.0), jp.pruning_from_config("target_sparsity=0.5"))
+    tx = optax.chain(optax.sgd(0.0), jp.tf.pruning_from_config("target_sparsity=0.5"))
     state = tx.init(params)
-    assert isinstance(jp.get_pruning_state(state), jp.LegacyPruningState)
+    assert isinstance(jp.get_pruning_state(state), jp.tf.LegacyPruningState)
     assert jp.get_masks(state)["w"].shape == (4, 4)
     assert jp.strip(params, state)["w"].shape == (4, 4)

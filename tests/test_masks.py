@@ -1,4 +1,4 @@
-"""Magnitude masks and the exact selection routine (SEMANTICS.md §2.1, decision 3)."""
+"""Magnitude masks (tfmot's kept-count rule) and the exact radix selection routine."""
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import jaxprune as jp
-from jaxprune._src import selection
+from jaxprune._src import radix_select
 
 
 def reference_mask(x, sparsity):
@@ -58,7 +58,8 @@ def test_kept_count_rounding(maybe_jit, n, sparsity, kept):
 
 
 def test_ties_are_all_kept(maybe_jit):
-    # SEMANTICS.md §2.1: 40 values, 4 magnitudes, s=0.5 -> k=20 but 34 kept.
+    # tfmot's rule keeps every tie at the threshold: 40 values, 4 magnitudes, s=0.5 -> k=20 but
+    # 34 kept.
     values = np.array([4.0] * 4 + [-3.0] * 10 + [2.0] * 20 + [-1.0] * 6, np.float32)
     x = jnp.asarray(np.random.default_rng(0).permutation(values))
     mask = maybe_jit(jp.magnitude_mask)(x, 0.5)
@@ -123,9 +124,9 @@ def test_traced_sparsity_matches_concrete():
 
 def test_kth_largest_key_is_exact_on_large_random_input():
     x = jax.random.normal(jax.random.key(2), (300_000,))
-    keys = selection.magnitude_keys(x)
+    keys = radix_select.magnitude_keys(x)
     sorted_keys = np.sort(np.asarray(keys))[::-1]
-    f = jax.jit(selection.kth_largest_key)
+    f = jax.jit(radix_select.kth_largest_key)
     for k in (1, 2, 1000, 150_000, 299_999, 300_000):
         assert int(f([keys], k)) == int(sorted_keys[k - 1])
 
@@ -135,7 +136,7 @@ def test_kth_largest_key_over_several_arrays():
     arrays = [jnp.asarray(rng.integers(0, 2**31 - 1, size=s), jnp.uint32) for s in (10, 300, 7)]
     everything = np.sort(np.concatenate([np.asarray(a) for a in arrays]))[::-1]
     for k in (1, 17, 200, 317):
-        assert int(selection.kth_largest_key(arrays, k)) == int(everything[k - 1])
+        assert int(radix_select.kth_largest_key(arrays, k)) == int(everything[k - 1])
 
 
 def test_bad_input():

@@ -1,4 +1,4 @@
-"""Schedules against tfmot's formulas (SEMANTICS.md §1 and decision 1)."""
+"""Schedules against tfmot's formulas, and where jaxprune departs from them on purpose."""
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +12,7 @@ import jaxprune as jp
 
 
 def tfmot_polynomial(step, initial, final, begin, end, power):
-    """tfmot's PolynomialDecay value, in numpy float32 (SEMANTICS.md §1.2)."""
+    """tfmot's PolynomialDecay value, in numpy float32."""
     p = np.float32(step - begin) / np.float32(end - begin)
     p = np.minimum(np.float32(1), np.maximum(np.float32(0), p))
     decay = np.power(np.float32(1) - p, np.float32(power))
@@ -52,7 +52,7 @@ def test_polynomial_decay_matches_tfmot_at_boundaries(initial, final, begin, end
 
 
 def test_polynomial_decay_documented_values():
-    # SEMANTICS.md §1.1: the last turn falls before end_step, so final is never applied.
+    # tfmot's window: the last turn falls before end_step, so final is never applied.
     schedule = jp.polynomial_decay(0.05, 0.75, 3, 250, power=3, frequency=100)
     turns = [s for s in range(0, 400) if bool(schedule(s)[0])]
     assert turns == [3, 103, 203]
@@ -67,7 +67,7 @@ def test_polynomial_decay_documented_values():
 
 
 def test_polynomial_decay_begin_equals_end_is_a_step_function():
-    # tfmot returns NaN at step == begin == end; jaxprune returns final_sparsity (decision 1).
+    # tfmot returns NaN at step == begin == end; jaxprune returns final_sparsity.
     schedule = jp.polynomial_decay(0.1, 0.6, 5, 5, frequency=1)
     assert float(schedule(4)[1]) == pytest.approx(0.1)
     assert float(schedule(5)[1]) == pytest.approx(0.6)

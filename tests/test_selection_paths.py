@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import jaxprune as jp
 from jaxprune._src import masks as masks_lib
-from jaxprune._src import selection
+from jaxprune._src import radix_select as selection
 
 DTYPES = [jnp.float32, jnp.float16, jnp.bfloat16, jnp.float64]
 SPECIAL = np.array([0.0, -0.0, 1e-45, 1e-310, np.inf, -np.inf, np.nan, 1.0, -1.0, 2.0])

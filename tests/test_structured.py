@@ -1,4 +1,4 @@
-"""Block, N:M and unit masks (SEMANTICS.md §2.2, §2.3, decisions 4 and 5)."""
+"""Block, N:M and unit masks, against tfmot's algorithms and where jaxprune departs from them."""
 
 import functools
 
@@ -24,7 +24,7 @@ from jaxprune._src.structured import (
     unit_threshold,
 )
 
-# ----- a reference of tfmot's block algorithm, written from SEMANTICS.md §2.2 -----
+# ----- a reference of tfmot's block algorithm (pooled block scores, magnitude rule) -----
 
 
 def tfmot_block_mask(x, sparsity, bh, bw, pooling):

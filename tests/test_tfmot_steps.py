@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxprune as jp
-from jaxprune._src.schedules import TfmotSchedule, from_tfmot
+from jaxprune.schedules import ConstantSparsity, PolynomialDecay
+from jaxprune.tf import TfmotSchedule, from_tfmot
 
 F32 = np.float32
 
@@ -47,9 +48,9 @@ def np_reference(kind, args, step):
 def make(kind, args):
     if kind == "poly":
         initial, final, begin, end, power, frequency = args
-        return jp.PolynomialDecay(initial, final, begin, end, power=power, frequency=frequency)
+        return PolynomialDecay(initial, final, begin, end, power=power, frequency=frequency)
     target, begin, end, frequency = args
-    return jp.ConstantSparsity(target, begin, end, frequency=frequency)
+    return ConstantSparsity(target, begin, end, frequency=frequency)
 
 
 def evaluate(schedule, steps):
@@ -102,7 +103,7 @@ def test_random_polynomial_schedules(initial, final, begin, length, power, frequ
 def test_the_first_turn_of_a_schedule_that_begins_at_0():
     # tfmot: PolynomialDecay(0.5, 0.8, begin_step=0, end_step=1000, frequency=100) prunes first
     # at step 100 (the 100th batch) to 0.8 - 0.3 * 0.9 ** 3 = 0.5813.
-    schedule = from_tfmot(jp.PolynomialDecay(0.5, 0.8, 0, 1000, frequency=100))
+    schedule = from_tfmot(PolynomialDecay(0.5, 0.8, 0, 1000, frequency=100))
     should_prune, sparsity = schedule(99)
     assert bool(should_prune) and round(float(sparsity), 4) == 0.5813
     assert float(sparsity) == pytest.approx(0.8 - 0.3 * 0.9**3, rel=1e-6)
@@ -111,7 +112,7 @@ def test_the_first_turn_of_a_schedule_that_begins_at_0():
     assert float(values[999]) == pytest.approx(0.8, rel=1e-6)
     # Shifting the window by one and moving begin_step=0 to frequency - 1 (a common recipe)
     # gets the turns right but not the values: 0.5 at the first turn, off by up to 0.08.
-    shifted = jp.PolynomialDecay(0.5, 0.8, 99, 999, frequency=100)
+    shifted = PolynomialDecay(0.5, 0.8, 99, 999, frequency=100)
     _, wrong = evaluate(shifted, np.arange(1000))
     assert float(wrong[99]) == 0.5
     gap = np.max(np.abs(wrong[turns] - values[turns]))
@@ -125,33 +126,33 @@ def turns_of(schedule, n):
 def test_tfmot_timelines():
     # tfmot's turns are anchored at begin_step; when end_step is off the frequency grid the last
     # turn falls before it, and PolynomialDecay never applies final_sparsity.
-    a = from_tfmot(jp.PolynomialDecay(0.0, 0.75, 3, 250, frequency=100))
+    a = from_tfmot(PolynomialDecay(0.0, 0.75, 3, 250, frequency=100))
     assert turns_of(a, 300) == [2, 102, 202]  # tfmot steps 3, 103, 203
     assert float(a(202)[1]) == pytest.approx(0.75 - 0.75 * (47 / 247) ** 3, rel=1e-6)
-    b = from_tfmot(jp.PolynomialDecay(0.0, 0.8, 0, 100, frequency=7))
+    b = from_tfmot(PolynomialDecay(0.0, 0.8, 0, 100, frequency=7))
     assert turns_of(b, 120)[-1] == 97  # tfmot step 98
-    c = from_tfmot(jp.ConstantSparsity(0.5, 0, -1, 3))
+    c = from_tfmot(ConstantSparsity(0.5, 0, -1, 3))
     assert turns_of(c, 7) == [2, 5]  # tfmot steps 3 and 6
     assert bool(c(999_998)[0])  # end_step = -1 prunes forever: tfmot's step 999_999
-    d = from_tfmot(jp.PolynomialDecay(0.0, 0.75, 2, 10, power=1, frequency=2))
+    d = from_tfmot(PolynomialDecay(0.0, 0.75, 2, 10, power=1, frequency=2))
     values = evaluate(d, np.arange(12))[1]
     got = [(t, round(float(values[t]), 4)) for t in turns_of(d, 12)]
     assert got == [(1, 0.0), (3, 0.1875), (5, 0.375), (7, 0.5625), (9, 0.75)]
 
 
 def test_saturated_count_does_not_wrap():
-    schedule = from_tfmot(jp.ConstantSparsity(0.5, 0, -1, 1))
+    schedule = from_tfmot(ConstantSparsity(0.5, 0, -1, 1))
     top = np.iinfo(np.int32).max
     assert bool(schedule(jnp.int32(top))[0])  # step + 1 would wrap below begin_step
     assert bool(schedule(jnp.int32(top - 1))[0])
 
 
 def test_attributes_and_configs():
-    poly = jp.PolynomialDecay(0.2, 0.8, 0, 100, frequency=10)
+    poly = PolynomialDecay(0.2, 0.8, 0, 100, frequency=10)
     adapted = from_tfmot(poly)
     assert isinstance(adapted, TfmotSchedule) and adapted.schedule is poly
     assert adapted.final_sparsity_value == 0.8 and adapted.initial_sparsity == 0.2
-    const = from_tfmot(jp.ConstantSparsity(0.5))
+    const = from_tfmot(ConstantSparsity(0.5))
     assert const.final_sparsity_value == 0.5 and not hasattr(const, "initial_sparsity")
     # tfmot's get_config() dict, or an object that returns one (duck-typed tfmot schedule).
     config = {
@@ -184,7 +185,7 @@ def test_attributes_and_configs():
 
 def test_bad_input():
     with pytest.raises(ValueError, match="already a TfmotSchedule"):
-        from_tfmot(from_tfmot(jp.ConstantSparsity(0.5)))
+        from_tfmot(from_tfmot(ConstantSparsity(0.5)))
     with pytest.raises(TypeError, match="schedule must be a PruningSchedule"):
         from_tfmot(0.5)
     with pytest.raises(ValueError, match="class_name must be one of"):
@@ -252,7 +253,7 @@ def test_masks_follow_tfmot_batch_by_batch():
 
 
 def test_sparsity_map_reads_the_wrapped_schedule():
-    schedule = from_tfmot(jp.PolynomialDecay(0.6, 0.5, 0, 10, frequency=1))
+    schedule = from_tfmot(PolynomialDecay(0.6, 0.5, 0, 10, frequency=1))
     params = {"a": jnp.ones((4, 4)), "b": jnp.ones((4, 4))}
     # 0.6 * 0.9 / 0.5 > 1: the initial sparsity of the wrapped schedule is checked.
     with pytest.raises(ValueError, match="initial sparsity 0.6"):
@@ -268,19 +269,19 @@ TOO_BIG = 2**31
 @pytest.mark.parametrize(
     "make_schedule, match",
     [
-        (lambda: jp.ConstantSparsity(0.5, begin_step=TOO_BIG), r"begin_step must be at most"),
-        (lambda: jp.ConstantSparsity(0.5, 0, end_step=TOO_BIG), r"end_step must be at most"),
-        (lambda: jp.ConstantSparsity(0.5, frequency=TOO_BIG), r"frequency must be in \[1, "),
-        (lambda: jp.PolynomialDecay(0.0, 0.5, TOO_BIG, TOO_BIG + 5), "begin_step must be at"),
-        (lambda: jp.PolynomialDecay(0.0, 0.5, 0, TOO_BIG), "end_step must be at most"),
-        (lambda: jp.PolynomialDecay(0.0, 0.5, 0, 10, frequency=2**40), "frequency must be in"),
+        (lambda: ConstantSparsity(0.5, begin_step=TOO_BIG), r"begin_step must be at most"),
+        (lambda: ConstantSparsity(0.5, 0, end_step=TOO_BIG), r"end_step must be at most"),
+        (lambda: ConstantSparsity(0.5, frequency=TOO_BIG), r"frequency must be in \[1, "),
+        (lambda: PolynomialDecay(0.0, 0.5, TOO_BIG, TOO_BIG + 5), "begin_step must be at"),
+        (lambda: PolynomialDecay(0.0, 0.5, 0, TOO_BIG), "end_step must be at most"),
+        (lambda: PolynomialDecay(0.0, 0.5, 0, 10, frequency=2**40), "frequency must be in"),
         (lambda: jp.schedule_from_optax(lambda c: 0.5, begin_step=TOO_BIG), "begin_step must"),
-        (lambda: jp.PolynomialDecay(float("nan"), 0.5, 0, 10), r"initial_sparsity must be in"),
-        (lambda: jp.PolynomialDecay(0.0, float("inf"), 0, 10), r"final_sparsity must be in"),
-        (lambda: jp.ConstantSparsity(float("nan")), r"target_sparsity must be in range"),
-        (lambda: jp.ConstantSparsity(np.float32("-inf")), r"target_sparsity must be in range"),
-        (lambda: jp.PolynomialDecay(0.0, 0.5, 0, 10, power=math.inf), "power must be > 0 and"),
-        (lambda: jp.PolynomialDecay(0.0, 0.5, 0, 10, power=math.nan), "power must be > 0 and"),
+        (lambda: PolynomialDecay(float("nan"), 0.5, 0, 10), r"initial_sparsity must be in"),
+        (lambda: PolynomialDecay(0.0, float("inf"), 0, 10), r"final_sparsity must be in"),
+        (lambda: ConstantSparsity(float("nan")), r"target_sparsity must be in range"),
+        (lambda: ConstantSparsity(np.float32("-inf")), r"target_sparsity must be in range"),
+        (lambda: PolynomialDecay(0.0, 0.5, 0, 10, power=math.inf), "power must be > 0 and"),
+        (lambda: PolynomialDecay(0.0, 0.5, 0, 10, power=math.nan), "power must be > 0 and"),
         (lambda: jp.schedule_from_optax(lambda c: math.nan), "sparsities in"),
     ],
 )
@@ -291,8 +292,8 @@ def test_out_of_range_arguments_fail_at_construction(make_schedule, match):
 
 def test_int32_message_names_the_range():
     with pytest.raises(ValueError) as e:
-        jp.ConstantSparsity(0.5, begin_step=TOO_BIG)
+        ConstantSparsity(0.5, begin_step=TOO_BIG)
     assert "2147483647" in str(e.value) and str(TOO_BIG) in str(e.value)
     # The largest int32 is accepted, and runs.
-    schedule = jp.ConstantSparsity(0.5, begin_step=2**31 - 1, frequency=2**31 - 1)
+    schedule = ConstantSparsity(0.5, begin_step=2**31 - 1, frequency=2**31 - 1)
     assert bool(schedule(jnp.int32(2**31 - 1))[0]) and not bool(schedule(0)[0])

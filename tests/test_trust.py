@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 import jaxprune as jp
-from jaxprune._src.selection import kept_count
+from jaxprune._src.radix_select import kept_count
 
 KEY = jax.random.key(0)
 
@@ -229,12 +229,12 @@ def test_nnx_masks_work_with_nnx_state_everywhere():
 def test_fisher_prune_removes_nothing_when_signals_are_nan():
     masks = {"a": jnp.ones(3), "b": jnp.ones(2)}
     signals = {"a": jnp.array([0.5, jnp.nan, 0.9]), "b": jnp.array([0.3, 0.1])}
-    out = jp.fisher_prune(signals, masks)
+    out = jp.fisher.fisher_prune(signals, masks)
     for k in masks:
         np.testing.assert_array_equal(out[k], masks[k])
     # A NaN signal of a removed feature does not matter.
     masks = {"a": jnp.array([1.0, 0.0, 1.0]), "b": jnp.ones(2)}
-    out = jp.fisher_prune(signals, masks)
+    out = jp.fisher.fisher_prune(signals, masks)
     np.testing.assert_array_equal(out["b"], jnp.array([1.0, 0.0]))
 
 

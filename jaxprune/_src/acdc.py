@@ -11,9 +11,10 @@ import numpy as np
 import optax
 from jax import lax
 
+from jaxprune._src import leaf_rules as spec
 from jaxprune._src import masks as masks_lib
-from jaxprune._src import spec, validate
 from jaxprune._src import transform as transform_lib
+from jaxprune._src import validate
 from jaxprune._src.base import Array, LeafRule, Masks, is_float_array
 
 _SCOPES = ("layer", "global")

@@ -7,7 +7,7 @@ a ``tf.HParams`` object, usually parsed from a command-line string::
       target_sparsity=0.9,sparsity_function_begin_step=10000,sparsity_function_end_step=100000
 
 :class:`PruningConfig` has every field of that hyperparameter table, with the same defaults, and
-:meth:`PruningConfig.parse` reads the same string; :func:`jaxprune.pruning_from_config` turns a
+:meth:`PruningConfig.parse` reads the same string; :func:`jaxprune.tf.pruning_from_config` turns a
 config into an optax transformation with the legacy behaviour.
 
 The string format is ``tf.HParams.parse``'s: ``name=value`` pairs separated by commas, lists in
@@ -17,6 +17,9 @@ brackets, their entries separated by commas or spaces::
 
 so a regex in a map can contain neither ``:`` (the entry is split on it, as TensorFlow does) nor
 ``,``, ``]`` or whitespace (they end the entry or the list).
+
+Part of the TensorFlow-compatibility wing (:mod:`jaxprune.tf`): nothing outside the wing imports
+this module.
 """
 
 from __future__ import annotations
@@ -435,7 +438,7 @@ class PruningConfig:
 class PruningConfigWarning(UserWarning):
     """A :class:`PruningConfig` whose windows do not fit together (it runs, as TensorFlow's).
 
-    Emitted by :func:`jaxprune.pruning_from_config` when no mask update can happen, when the
+    Emitted by :func:`jaxprune.tf.pruning_from_config` when no mask update can happen, when the
     sparsity curve is over before the first mask update (the whole target is then applied at
     once), or when it begins after the last one (only ``initial_sparsity`` is ever applied).
     Silence it with ``warnings.filterwarnings("ignore", category=PruningConfigWarning)`` when

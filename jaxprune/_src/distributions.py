@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxprune._src import spec, validate
+from jaxprune._src import leaf_rules, validate
 from jaxprune._src.base import LeafRule
 
 
@@ -47,10 +47,10 @@ def pruned_shapes(
       ValueError: if ``prune`` or ``exclude`` matches no leaf, or no leaf is left to prune.
       TypeError: for a rule of the wrong type, or ``prune`` selecting a non-float leaf.
     """
-    rule = spec.compile_rule(prune, "prune")
-    drop = spec.compile_rule(exclude, "exclude")
-    paths, leaves, _ = spec.flatten(params)
-    chosen = spec.select(paths, leaves, rule)
+    rule = leaf_rules.compile_rule(prune, "prune")
+    drop = leaf_rules.compile_rule(exclude, "exclude")
+    paths, leaves, _ = leaf_rules.flatten(params)
+    chosen = leaf_rules.select(paths, leaves, rule)
     if drop is not None:
         dropped = [_matches(drop, p, x) for p, x in zip(paths, leaves)]
         if not any(dropped):

@@ -28,7 +28,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprune._src import spec, trees
+from jaxprune._src import leaf_rules, trees
 from jaxprune._src.atomic import atomic_write
 from jaxprune._src.base import LeafRule, Masks, Params
 from jaxprune._src.summaries import get_pruning_state
@@ -144,10 +144,10 @@ def to_bcoo(params: Params, *, masks: Masks | None = None, prune: LeafRule | Non
             for _, x, m in pair_with_masks(params, masks)
         ]
         return trees.rebuild(params, new)
-    rule = spec.compile_rule(prune, "prune")
+    rule = leaf_rules.compile_rule(prune, "prune")
     flat = flat_leaves(params)
     paths, leaves = [p for p, _ in flat], [x for _, x in flat]
-    chosen = spec.select(paths, leaves, rule)
+    chosen = leaf_rules.select(paths, leaves, rule)
     return trees.rebuild(
         params, [_to_bcoo(x) if on else x for x, on in zip(leaves, chosen, strict=True)]
     )

@@ -35,7 +35,8 @@ from jaxprune._src.fisher_checks import check_like_masks, check_masks
 
 CRITERIA = ("difference", "ratio")
 
-# A mask entry above this value counts as a feature still alive (the seed's rule).
+# A mask entry above this value counts as a feature still alive (the paper's reference code's
+# rule).
 ALIVE_THRESHOLD = 0.5
 
 
@@ -130,15 +131,15 @@ def fisher_prune(
     ranking on them would remove an arbitrary feature. Pure and jit-able; ``beta`` may be
     traced.
 
-    **Costs.** Use the FLOPs of one example's forward pass (the seed divides its count by the
-    batch size), so that ``beta`` does not depend on the batch size. A function
+    **Costs.** Use the FLOPs of one example's forward pass (the paper's reference code divides its
+    count by the batch size), so that ``beta`` does not depend on the batch size. A function
     ``masks -> FLOPs`` built with :func:`jaxprune.count_flops` (``channel_argnums`` naming the
     masks) is differentiated here, so the costs are those of the current masks: after each
     removal the neighbours of a pruned feature become cheaper, and the count follows.
 
     Args:
-      signals: a pytree like ``masks`` of ``(C,)`` signals (:func:`jaxprune.fisher_signals`,
-        usually averaged with :func:`jaxprune.update_fisher_signals`).
+      signals: a pytree like ``masks`` of ``(C,)`` signals (:func:`jaxprune.fisher.fisher_signals`,
+        usually averaged with :func:`jaxprune.fisher.update_fisher_signals`).
       masks: a pytree of channel masks, float arrays of shape ``(C,)`` with entries 1 (kept)
         and 0 (removed).
       costs: ``None``; a pytree like ``masks`` of marginal costs; or a function

@@ -11,30 +11,31 @@ example :math:`n` (a negative log-likelihood) with respect to the mask entry:
 
     \Delta_k = \frac{1}{2N} \sum_{n=1}^{N} g_{nk}^2 .
 
-jaxprune follows the seed implementation and calls *signal* the batch mean of the squared
-per-example gradients,
+jaxprune follows the paper's reference code (the authors' TensorFlow implementation) and
+calls *signal* the batch mean of the squared per-example gradients,
 
 .. math::
 
     s_k = \frac{1}{N} \sum_{n=1}^{N} g_{nk}^2 = 2 \Delta_k ,
 
 so rankings by :math:`s` and :math:`\Delta` agree; only a cost trade-off
-:math:`s_k - \beta c_k` sees the factor 2 (see :func:`jaxprune.fisher_prune`). Across training
-steps the batch signals are averaged with decay :math:`\gamma` (0.96 by default):
+:math:`s_k - \beta c_k` sees the factor 2 (see :func:`jaxprune.fisher.fisher_prune`). Across
+training steps the batch signals are averaged with decay :math:`\gamma` (0.96 by default):
 :math:`\bar s \leftarrow \gamma \bar s + (1 - \gamma) s`.
 
 Two routes compute the :math:`g_{nk}`, from one function ``loss_fn(params, masks, example)``
 that returns the loss of one example:
 
 * ``"vmap"``: ``jax.vmap(jax.grad(loss_fn, argnums=1))`` over the examples;
-* ``"backward"``: the seed's *extended mask*. Every mask is repeated once per example, shape
-  ``(B, C)``, the forward pass reads row :math:`n` for example :math:`n`, and one backward pass
-  of the summed loss gives row :math:`n` of the gradient equal to :math:`g_{n\cdot}`, because
-  the loss of example :math:`n` depends on no other row. The same backward pass also gives the
-  parameter gradients, which is what a training step wants (:func:`fisher_value_and_grad`).
+* ``"backward"``: the reference code's *extended mask*. Every mask is repeated once per
+  example, shape ``(B, C)``, the forward pass reads row :math:`n` for example :math:`n`, and one
+  backward pass of the summed loss gives row :math:`n` of the gradient equal to
+  :math:`g_{n\cdot}`, because the loss of example :math:`n` depends on no other row. The same
+  backward pass also gives the parameter gradients, which is what a training step wants
+  (:func:`fisher_value_and_grad`).
 
 Both need examples that do not interact (no batch statistics in the loss, e.g. batch norm in
-training mode), as the seed does.
+training mode), as the reference code does.
 
 References:
   Theis, Korshunova, Tejani, Huszár, "Faster gaze prediction with dense networks and Fisher
@@ -87,8 +88,8 @@ def mask_channels(x: ArrayLike, mask: ArrayLike) -> Array:
       x: the activation, shape ``(..., C)``.
       mask: shape ``(C,)``, one mask for all examples; or ``(B, C)`` with ``x`` of shape
         ``(B, ..., C)``, one mask per example (the extended mask of the single-backward route,
-        broadcast over the axes between the batch and the features like the seed's
-        ``extend_mask``).
+        broadcast over the axes between the batch and the features like the reference
+        code's ``extend_mask``).
 
     Returns:
       ``x`` times the mask, of ``x``'s shape.
@@ -210,7 +211,7 @@ def per_example_mask_grads(
 
 
 def fisher_batch_signals(mask_grads: Any) -> Any:
-    r"""The signal of one batch: :math:`s_k = \frac{1}{B}\sum_n g_{nk}^2` (the seed's formula).
+    r"""The signal of one batch: :math:`s_k = \frac{1}{B}\sum_n g_{nk}^2`, the reference code's.
 
     This is twice the paper's :math:`\Delta_k = \frac{1}{2N}\sum_n g_{nk}^2` on the batch.
 
@@ -252,9 +253,9 @@ def fisher_signals(
     :math:`g_{nk}` is the gradient of example :math:`n`'s loss with respect to mask entry
     :math:`k`, so :math:`s_k = 2\Delta_k` with the paper's estimate
     :math:`\Delta_k = \frac{1}{2N}\sum_n g_{nk}^2` of the increase in loss when feature
-    :math:`k` is removed (the factor 2 is the seed's convention; rankings are the same).
-    Average it over steps with :func:`update_fisher_signals`, then remove the feature with the
-    smallest signal with :func:`jaxprune.fisher_prune`.
+    :math:`k` is removed (the factor 2 is the reference code's convention; rankings are the
+    same). Average it over steps with :func:`update_fisher_signals`, then remove the feature
+    with the smallest signal with :func:`jaxprune.fisher.fisher_prune`.
 
     Args:
       loss_fn: ``loss_fn(params, masks, example) -> loss``, the scalar loss (negative
@@ -299,8 +300,8 @@ def update_fisher_signals(
 ) -> Any:
     r"""One step of the moving average of the signals: :math:`\gamma \bar s + (1-\gamma) s`.
 
-    The seed's update, started from zeros and not bias-corrected: after :math:`t` steps the
-    average weighs the batches by :math:`(1-\gamma)\gamma^{t-i}` and sums to
+    The reference code's update, started from zeros and not bias-corrected: after :math:`t`
+    steps the average weighs the batches by :math:`(1-\gamma)\gamma^{t-i}` and sums to
     :math:`1-\gamma^t`, so prune after a burn-in of a few :math:`1/(1-\gamma)` steps
     (25 for the default decay) when the signal is traded against costs.
 

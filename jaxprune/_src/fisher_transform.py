@@ -74,22 +74,23 @@ def fisher_pruning(
     :math:`g_{nk}` of this batch as the extra argument ``mask_grads``:
 
     1. the signals are averaged, :math:`\bar s \leftarrow \gamma \bar s + (1-\gamma)
-       \frac{1}{B}\sum_n g_{nk}^2` (the seed's update, from zeros, :math:`\gamma` = ``decay``);
+       \frac{1}{B}\sum_n g_{nk}^2` (the reference code's update, from zeros,
+       :math:`\gamma` = ``decay``);
     2. if ``t >= burn_in``, ``(t - burn_in) % frequency == 0`` and the FLOPs of the current
        masks are still above ``target_flops``, one feature is removed by
-       :func:`jaxprune.fisher_prune` with the marginal costs of the current masks
+       :func:`jaxprune.fisher.fisher_prune` with the marginal costs of the current masks
        (``jax.grad(cost_fn)``), inside ``lax.cond`` (no host round-trip), and the FLOPs are
        recounted.
 
     The parameter updates pass through unchanged: a removed feature's mask entry is 0, so the
     model ignores it and the weights that produce it get zero gradients. The training step
     reads the masks from the state and computes the gradients with
-    :func:`jaxprune.fisher_value_and_grad` (one backward pass for both):
+    :func:`jaxprune.fisher.fisher_value_and_grad` (one backward pass for both):
 
     .. code-block:: python
 
         masks = optax.tree.get(opt_state, "channel_masks")
-        loss, (grads, mask_grads) = jp.fisher_value_and_grad(loss_fn)(params, masks, batch)
+        loss, (grads, mask_grads) = jp.fisher.fisher_value_and_grad(loss_fn)(params, masks, batch)
         updates, opt_state = tx.update(grads, opt_state, params, mask_grads=mask_grads)
 
     Args:
@@ -97,13 +98,13 @@ def fisher_pruning(
       frequency: updates between two removals, ``>= 1``.
       burn_in: updates before the first removal, ``>= 0``; lets the moving average fill
         (:math:`1 - \gamma^t` of its weight after ``t`` updates).
-      decay: :math:`\gamma` in ``[0, 1)``, 0.96 by default (the seed's).
+      decay: :math:`\gamma` in ``[0, 1)``, 0.96 by default (the paper's reference code's).
       cost_fn: ``masks -> FLOPs``, a JAX function of the masks, e.g. built on
         :func:`jaxprune.count_flops` with ``channel_argnums`` and one example's input; needed
         for ``beta > 0``, ``criterion="ratio"`` and ``target_flops``.
       beta: the trade-off of :math:`s_k - \beta c_k`, ``>= 0``.
       criterion: ``"difference"`` or ``"ratio"`` (:math:`s_k / c_k`), see
-        :func:`jaxprune.fisher_prune`.
+        :func:`jaxprune.fisher.fisher_prune`.
       target_flops: stop removing features once ``cost_fn(masks) <= target_flops``; ``None``
         prunes until every layer has one feature left.
 
@@ -191,7 +192,7 @@ def fisher_pruning(
             raise ValueError(
                 "fisher_pruning needs the per-example mask gradients: call "
                 "tx.update(grads, state, params, mask_grads=mask_grads), with mask_grads from "
-                "jaxprune.fisher_value_and_grad (leaves of shape (B, C)). flax's "
+                "jaxprune.fisher.fisher_value_and_grad (leaves of shape (B, C)). flax's "
                 "TrainState.apply_gradients passes no extra arguments: call tx.update yourself, "
                 "or keep the signals with update_fisher_signals and prune with fisher_prune"
             )

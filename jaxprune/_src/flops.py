@@ -67,17 +67,18 @@ so it agrees with XLA on the unrolled loop (``scan(..., unroll=True)``).
 For ``cond`` XLA takes the maximum of each quantity separately; here one branch
 is chosen (most flops, then most transcendentals) so the breakdown adds up.
 
-``convention="seed"`` reproduces ``computational_cost`` from the Fisher pruning
-code exactly: matrix products :math:`a_0 b_1 (2 a_1 - 1)` (times any batch
-dimensions), convolutions :math:`\\prod(\\text{out}) (k_h k_w c_\\text{in} 2 - 1)`
-(with :math:`c_\\text{in}` the kernel's input depth), ``add`` and ``mul``
-the size of the larger input, everything else 0.
+``convention="theis2018"`` reproduces the counting rules of the reference code of
+Theis et al. 2018 (Fisher pruning; its ``computational_cost``) exactly: matrix
+products :math:`a_0 b_1 (2 a_1 - 1)` (times any batch dimensions), convolutions
+:math:`\\prod(\\text{out}) (k_h k_w c_\\text{in} 2 - 1)` (with :math:`c_\\text{in}` the
+kernel's input depth), ``add`` and ``mul`` the size of the larger input, everything else 0.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -86,12 +87,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprune._src import flops_masks, flops_rules, flops_walk
-from jaxprune._src.accessors import flat_leaves
 from jaxprune._src.base import path_str
 from jaxprune._src.flops_walk import UnknownEquation
 from jaxprune._src.summaries import _is_variable, _unwrap
+from jaxprune._src.trees import flat_leaves
 
-_CONVENTIONS = ("xla", "seed")
+_CONVENTIONS = ("xla", "theis2018")
+# Spellings of 0.1.0 that still work, with a DeprecationWarning.
+_DEPRECATED_CONVENTIONS = {"seed": "theis2018"}
 _CONV_TAPS = ("valid", "all")
 
 
@@ -110,7 +113,7 @@ class FlopsReport:
         counted as 0.
       dynamic_loops: modules holding a ``while`` whose trip count is not static;
         its body was counted once.
-      convention: ``"xla"`` or ``"seed"``.
+      convention: ``"xla"`` or ``"theis2018"``.
       pruned_flops: the FLOPs with the masks applied (a float), or ``None``
         when no masks were given.
       pruned_by_primitive: ``{primitive: pruned flops}``, or ``None``.
@@ -184,15 +187,26 @@ class FlopsReport:
         return self.table()
 
 
-def _check_options(fn, convention, conv_taps, allow_unknown):
+def _check_options(fn, convention, conv_taps, allow_unknown) -> str:
+    """Validates the options; returns the convention under its current name."""
     if not isinstance(allow_unknown, (bool, np.bool_)):
         raise TypeError(f"allow_unknown must be True or False, got {allow_unknown!r}.")
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}.")
+    if isinstance(convention, str) and convention in _DEPRECATED_CONVENTIONS:
+        new = _DEPRECATED_CONVENTIONS[convention]
+        warnings.warn(
+            f'convention="{convention}" is deprecated; use convention="{new}" (the counting '
+            "rules of Theis et al. 2018's reference code), which counts the same",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        convention = new
     if convention not in _CONVENTIONS:
         raise ValueError(f"convention must be one of {_CONVENTIONS}, got {convention!r}.")
     if conv_taps not in _CONV_TAPS:
         raise ValueError(f"conv_taps must be one of {_CONV_TAPS}, got {conv_taps!r}.")
+    return convention
 
 
 def _argnums(channel_argnums, nargs: int) -> tuple[int, ...]:
@@ -308,8 +322,8 @@ def _weight_densities(k: int, arg, wm, offset: int) -> dict[int, tuple]:
 
 
 def _rules(convention: str, conv_taps: str):
-    if convention == "seed":
-        return flops_rules.seed_rules()
+    if convention == "theis2018":
+        return flops_rules.theis2018_rules()
     return flops_rules.xla_rules(conv_taps)
 
 
@@ -464,8 +478,11 @@ def count_flops(
     Args:
       fn: the function to count.
       *args: its positional arguments.
-      convention: ``"xla"`` (XLA's cost model) or ``"seed"`` (the Fisher
-        pruning paper's ``computational_cost``).
+      convention: ``"xla"`` (XLA's cost model) or ``"theis2018"`` (the
+        counting rules of the reference code of Theis et al. 2018, the Fisher
+        pruning paper: its ``computational_cost``). ``"seed"``, this
+        convention's name in jaxprune 0.1.0, still works with a
+        ``DeprecationWarning``.
       conv_taps: ``"valid"`` counts only the kernel taps of a convolution that
         read real input (as XLA does); ``"all"`` counts every tap, padding
         included.
@@ -499,7 +516,7 @@ def count_flops(
       >>> x, w = jnp.ones((8, 32)), jnp.ones((32, 16))
       >>> count_flops(lambda x, w: jnp.tanh(x @ w + 1.0), x, w)  # 2*8*32*16 + 8*16
       8320
-      >>> count_flops(lambda x, w: x @ w, x, w, convention="seed")  # 8*16*(2*32-1)
+      >>> count_flops(lambda x, w: x @ w, x, w, convention="theis2018")  # 8*16*(2*32-1)
       8064
 
       A two-layer net with a mask on its 16 hidden features, 4 of them kept:
@@ -528,7 +545,7 @@ def count_flops(
       >>> count_flops(lambda x: loop(x, 3), x)  # Python int bounds: 3 trips of 8*32
       768
     """
-    _check_options(fn, convention, conv_taps, allow_unknown)
+    convention = _check_options(fn, convention, conv_taps, allow_unknown)
     closed = _trace(fn, args, kwargs)
     if channel_argnums is not None or weight_masks is not None:
         rows, unknown = _pruned(closed, args, convention, conv_taps, channel_argnums, weight_masks)
@@ -590,7 +607,7 @@ def flops_report(
       >>> r.flops, r.exact, [(u.primitive, u.module) for u in r.unknown]  # 32 + 1
       (33, False, [('while', '<top>')])
     """
-    _check_options(fn, convention, conv_taps, allow_unknown)
+    convention = _check_options(fn, convention, conv_taps, allow_unknown)
     closed = _trace(fn, args, kwargs)
     tally = _dense_tally(closed, convention, conv_taps)
     _require_known(tally.unknown_eqns, allow_unknown, "flops_report")

@@ -10,8 +10,8 @@ where ``m[c] = 1``. The count treats the masked features as removed:
   consumes the axis, which then sums over the kept features only;
 * **backwards**, the op that produced the masked tensor (and every element-wise
   op in between) computes only the features that some consumer still needs,
-  as the seed's ``find_output_mask`` does. A feature read by two consumers is
-  needed unless both drop it.
+  as ``find_output_mask`` of Theis et al.'s reference code does. A feature read
+  by two consumers is needed unless both drop it.
 
 Each axis of each value carries a symbolic *keep vector*, an AND of atoms: a
 mask laid out on the axis (tiled when a reshape flattens it together with other
@@ -35,14 +35,14 @@ import jax.numpy as jnp
 from jax.extend.core import Literal
 
 from jaxprune._src import flops_rules, flops_walk
-from jaxprune._src.flops_keep import (
+from jaxprune._src.kept_channels import (
     EMPTY,
     Evaluator,
     MaskError,
+    keep_any,
+    keep_both,
     map_reshape,
     path_name,
-    vand,
-    vor,
 )
 
 __all__ = ["MaskError", "path_name", "pruned_rows", "weight_density"]
@@ -196,7 +196,7 @@ class Masked:
         f, n = self.fwd.get(v, {}), self.need.get(v, {})
         if not f and not n:
             return {}
-        return {a: vand(f.get(a), n.get(a)) for a in set(f) | set(n)}
+        return {a: keep_both(f.get(a), n.get(a)) for a in set(f) | set(n)}
 
     # -- forward ----------------------------------------------------------
 
@@ -248,7 +248,7 @@ class Masked:
             self.applied.add(mask)
             self.mask_apply[id(node)] = (data, mask, axis)
             out = dict(self.ann(other))
-            out[axis] = vand(out.get(axis), frozenset([("m", mask, 1, 1)]))
+            out[axis] = keep_both(out.get(axis), frozenset([("m", mask, 1, 1)]))
             self.fwd[node.outs[0]] = out
             return
         labels = ", ".join(sorted({self._mask_label(d) for d in derived}))
@@ -325,9 +325,9 @@ class Masked:
             if node.name in ("mul", "and"):
                 vec = EMPTY
                 for _, a in data:
-                    vec = vand(vec, a.get(axis))
+                    vec = keep_both(vec, a.get(axis))
             else:
-                vec = vor([a.get(axis) for _, a in data])
+                vec = keep_any([a.get(axis) for _, a in data])
             if vec:
                 out[axis] = vec
         return out
@@ -339,7 +339,7 @@ class Masked:
         rfree = [d for d in range(rr) if d not in rc and d not in rb]
         out = {}
         for j, (a, b) in enumerate(zip(lb, rb, strict=False)):
-            vec = vand(ins[0].get(a), ins[1].get(b))
+            vec = keep_both(ins[0].get(a), ins[1].get(b))
             if vec:
                 out[j] = vec
         k = len(lb)
@@ -372,7 +372,7 @@ class Masked:
         if groups > 1 and lhs_spec[1] in ins[0]:
             if not self._depthwise(node):
                 self._unsupported(node, " (grouped convolution with 1 < groups < channels)")
-            feat = vand(feat, ins[0][lhs_spec[1]])
+            feat = keep_both(feat, ins[0][lhs_spec[1]])
         if feat:
             out[out_spec[1]] = feat
         return out
@@ -404,7 +404,7 @@ class Masked:
             if axis in touched:
                 self._unsupported(node, " along the masked axis")
             if name == "concatenate":
-                vec = vor([a.get(axis) for a in ins])
+                vec = keep_any([a.get(axis) for a in ins])
             else:
                 vec = ins[0].get(axis, EMPTY)
             if vec and axis < len(shape):
@@ -424,7 +424,7 @@ class Masked:
                     need = {}
                 else:
                     axes = set.intersection(*(set(r) for r in reqs))
-                    need = {a: vor([r[a] for r in reqs]) for a in axes}
+                    need = {a: keep_any([r[a] for r in reqs]) for a in axes}
                     need = {a: v for a, v in need.items() if v}
                 if need:
                     self.need[o] = need
@@ -441,7 +441,7 @@ class Masked:
         if apply is not None:
             data, mask, axis = apply
             req = dict(needs[0])
-            req[axis] = vand(req.get(axis), frozenset([("m", mask, 1, 1)]))
+            req[axis] = keep_both(req.get(axis), frozenset([("m", mask, 1, 1)]))
             out = [{} for _ in range(n_in)]
             out[data] = req
             return out
@@ -565,7 +565,7 @@ class MaskedSizes(flops_rules.Sizes):
     def paired(self, i, axis_i, j, axis_j):
         a = self.state.effective(self.node.ins[i]).get(axis_i)
         b = self.state.effective(self.node.ins[j]).get(axis_j)
-        return self.ev.count(vand(a, b), self.state.shape(self.node.ins[i])[axis_i])
+        return self.ev.count(keep_both(a, b), self.state.shape(self.node.ins[i])[axis_i])
 
 
 def pruned_rows(

@@ -12,8 +12,8 @@ accessor (:class:`Sizes`) so that the same rule serves two purposes:
 
 The ``"xla"`` rules reproduce XLA's ``HloCostAnalysis`` applied to the HLO that
 JAX lowers each primitive to (see the conventions in
-:mod:`jaxprune._src.flops`); the ``"seed"`` rules reproduce the Fisher pruning
-seed's ``computational_cost``.
+:mod:`jaxprune._src.flops`); the ``"theis2018"`` rules reproduce
+``computational_cost`` of the reference code of Theis et al. 2018 (Fisher pruning).
 """
 
 from __future__ import annotations
@@ -378,17 +378,17 @@ def xla_rules(conv_taps: str = "valid") -> dict[str, Rule]:
 
 
 # ---------------------------------------------------------------------------
-# Seed convention (``computational_cost`` of the Fisher pruning seed).
+# The theis2018 convention (``computational_cost`` of Theis et al. 2018's reference code).
 
 
-def _seed_matmul(eqn, s: Sizes):
+def _theis_matmul(eqn, s: Sizes):
     # MatMul: a0 * b1 * (2 * a1 - 1); batched dot_general multiplies by the batch.
     (lc, rc), _ = eqn.params["dimension_numbers"]
     k = prod([s.paired(0, a, 1, b) for a, b in zip(lc, rc, strict=False)])
     return prod(s.out(0)) * (2 * k - 1), 0
 
 
-def _seed_conv(eqn, s: Sizes):
+def _theis_conv(eqn, s: Sizes):
     # Conv2D: prod(out) * (kh * kw * cin * 2 - 1), cin the kernel's input depth.
     p = eqn.params
     lhs_spec, rhs_spec, _ = p["dimension_numbers"]
@@ -401,7 +401,7 @@ def _seed_conv(eqn, s: Sizes):
     return prod(s.out(0)) * (window * cin * 2 - 1), 0
 
 
-def _seed_binary(eqn, s: Sizes):
+def _theis_binary(eqn, s: Sizes):
     # Add, Mul and BiasAdd: the size of the larger input (broadcasts are
     # explicit in a jaxpr, so that is the larger operand's size).
     # ``tf.cond(size(a) > size(b), a, b)``: ties go to the second input.
@@ -409,13 +409,13 @@ def _seed_binary(eqn, s: Sizes):
     return prod(s.inp(0 if a > b else 1)), 0
 
 
-def seed_rules() -> dict[str, Rule]:
-    """The seed convention's rules: everything not listed costs 0."""
+def theis2018_rules() -> dict[str, Rule]:
+    """The theis2018 convention's rules: everything not listed costs 0."""
     return {
-        "dot_general": _seed_matmul,
-        "conv_general_dilated": _seed_conv,
-        "add": _seed_binary,
-        "mul": _seed_binary,
+        "dot_general": _theis_matmul,
+        "conv_general_dilated": _theis_conv,
+        "add": _theis_binary,
+        "mul": _theis_binary,
     }
 
 

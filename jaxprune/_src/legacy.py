@@ -2,7 +2,7 @@ r"""TensorFlow's legacy pruning (``tf.contrib.model_pruning``, lingvo) as an opt
 
 :func:`pruning_from_config` reproduces the algorithm that ``Pruning(hparams,
 global_step).conditional_mask_update_op()`` runs, from a
-:class:`~jaxprune._src.config.PruningConfig`:
+:class:`~jaxprune.tf.PruningConfig`:
 
 * **when**: at step ``t`` the masks are updated when
   ``begin_pruning_step <= t`` (and ``t <= end_pruning_step`` unless it is ``-1``) and at least
@@ -24,6 +24,9 @@ optimizer steps is step ``t`` (the first update is step 0). It plays TensorFlow'
 new masks take effect in the next training step. Here the masks of step ``t`` are computed at
 the start of update ``t`` from the same weights (the ``params`` passed to ``update``) and
 applied to the weights update ``t`` produces. The two timelines have the same step numbers.
+
+Part of the TensorFlow-compatibility wing (:mod:`jaxprune.tf`): nothing outside the wing imports
+this module.
 """
 
 from __future__ import annotations
@@ -38,8 +41,8 @@ import numpy as np
 import optax
 from jax import lax
 
+from jaxprune._src import leaf_rules, radix_select, structured
 from jaxprune._src import masks as masks_lib
-from jaxprune._src import selection, spec, structured
 from jaxprune._src.base import Array, ArrayLike, LeafRule, Masks
 from jaxprune._src.config import THRESHOLDS, PruningConfig, warn_timeline
 from jaxprune._src.schedules import PolynomialDecay
@@ -157,8 +160,8 @@ def _topk_threshold(a: Array, sparsity: ArrayLike) -> Array:
     s = jnp.asarray(sparsity, jnp.float32)
     k = jnp.round(jnp.float32(a.size) * (jnp.float32(1.0) - s))
     k = jnp.clip(k, 1.0, float(a.size)).astype(jnp.int32)
-    src = selection.magnitude_source(a, selection.key_dtype([a.dtype]))
-    return selection.key_to_magnitude(selection.kth_largest_key([src], k), a.dtype)
+    src = radix_select.magnitude_source(a, radix_select.key_dtype([a.dtype]))
+    return radix_select.key_to_magnitude(radix_select.kth_largest_key([src], k), a.dtype)
 
 
 def legacy_mask(
@@ -455,7 +458,7 @@ def pruning_from_config(
     * ``name`` and ``use_tpu`` have no effect.
 
     Args:
-      config: a :class:`~jaxprune._src.config.PruningConfig`, or its hparams string (parsed
+      config: a :class:`~jaxprune.tf.PruningConfig`, or its hparams string (parsed
         with ``PruningConfig.parse``).
       prune: which leaves are pruned: a regex searched in the ``/``-joined leaf path, or a
         predicate ``(path, leaf) -> bool``. Default: float leaves of
@@ -495,22 +498,22 @@ def pruning_from_config(
         )
     _check_rescaled_sparsities(config)
     warn_timeline(config, stacklevel=2)
-    rule = spec.compile_rule(prune, "prune")
+    rule = leaf_rules.compile_rule(prune, "prune")
     curve = sparsity_function(config)
-    sparsity_entries = spec.compile_map(
+    sparsity_entries = leaf_rules.compile_map(
         {rx: v / config.target_sparsity for rx, v in config.weight_sparsity_map},
         "weight_sparsity_map",
     )
-    block_entries = spec.compile_map(dict(config.block_dims_map), "block_dims_map")
+    block_entries = leaf_rules.compile_map(dict(config.block_dims_map), "block_dims_map")
 
     def plan(params: Any) -> tuple[list[Any], Any, list[bool], list[_Leaf]]:
-        paths, leaves, treedef = spec.flatten(params)
+        paths, leaves, treedef = leaf_rules.flatten(params)
         _check_rule_matches(rule, paths)
-        chosen = spec.select(paths, leaves, rule)
+        chosen = leaf_rules.select(paths, leaves, rule)
         _check_map_matches(sparsity_entries, paths, chosen, "weight_sparsity_map")
         _check_map_matches(block_entries, paths, chosen, "block_dims_map")
-        scales = spec.lookup(sparsity_entries, paths, chosen, "weight_sparsity_map")
-        dims = spec.lookup(block_entries, paths, chosen, "block_dims_map")
+        scales = leaf_rules.lookup(sparsity_entries, paths, chosen, "weight_sparsity_map")
+        dims = leaf_rules.lookup(block_entries, paths, chosen, "block_dims_map")
         per_leaf = [
             _Leaf(scale, _block_shape(config, path, x, d) if on else None)
             for path, x, on, scale, d in zip(paths, leaves, chosen, scales, dims)

@@ -10,7 +10,7 @@ The rule is TensorFlow Model Optimization's, exactly: for ``n`` weights and spar
 computed in float32. Every weight whose magnitude ties with the threshold is kept, so more than
 ``k`` entries may survive; all-zero and constant tensors are never pruned; NaN ranks as the
 largest magnitude and is kept. The threshold is found by an exact linear-time radix select
-(:mod:`jaxprune._src.selection`), never a sort.
+(:mod:`jaxprune._src.radix_select`), never a sort.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprune._src import selection, spec, trees
+from jaxprune._src import leaf_rules, radix_select, trees
 from jaxprune._src.base import Array, ArrayLike, LeafRule, Masks, Params, check_sparsity
 
 
@@ -47,9 +47,9 @@ def magnitude_threshold(
 # Jitted so that eager calls run as one program, not op by op (inside a jit it is inlined).
 @jax.jit
 def _magnitude_threshold(x: Array, sparsity: Array, update: Array | None) -> tuple[Array, Array]:
-    src = selection.magnitude_source(x, selection.key_dtype([x.dtype]), update)
-    kth = selection.kth_largest_key([src], selection.kept_count(x.size, sparsity))
-    return src.keys(*src.arrays) >= kth, selection.key_to_magnitude(kth, x.dtype)
+    src = radix_select.magnitude_source(x, radix_select.key_dtype([x.dtype]), update)
+    kth = radix_select.kth_largest_key([src], radix_select.kept_count(x.size, sparsity))
+    return src.keys(*src.arrays) >= kth, radix_select.key_to_magnitude(kth, x.dtype)
 
 
 def magnitude_mask(x: ArrayLike, sparsity: ArrayLike) -> Array:
@@ -97,14 +97,14 @@ def _global_threshold(
     leaves: list[Array], sparsity: Array, updates: list[Array] | None
 ) -> tuple[list[Array], Array]:
     dtypes = [x.dtype for x in leaves]
-    ktype = selection.key_dtype(dtypes)
+    ktype = radix_select.key_dtype(dtypes)
     updates = [None] * len(leaves) if updates is None else updates
-    sources = [selection.magnitude_source(x, ktype, u) for x, u in zip(leaves, updates)]
+    sources = [radix_select.magnitude_source(x, ktype, u) for x, u in zip(leaves, updates)]
     total = sum(x.size for x in leaves)
-    kth = selection.kth_largest_key(sources, selection.kept_count(total, sparsity))
+    kth = radix_select.kth_largest_key(sources, radix_select.kept_count(total, sparsity))
     widest = max(dtypes, key=lambda d: jnp.dtype(d).itemsize)
     masks = [src.keys(*src.arrays) >= kth for src in sources]
-    return masks, selection.key_to_magnitude(kth, widest)
+    return masks, radix_select.key_to_magnitude(kth, widest)
 
 
 # Leaves up to this size are stacked by shape and dtype for a batched selection, which costs a
@@ -116,7 +116,7 @@ def stackable(arrays: list[Any]) -> bool:
     # Stacking same-shaped leaves is only safe where nothing is sharded: leaves of one shape may
     # be split over devices differently, and stacking them would move data between devices.
     return jax.device_count() == 1 and all(
-        selection._replicated(a) is None for a in arrays if a is not None
+        radix_select._replicated(a) is None for a in arrays if a is not None
     )
 
 
@@ -131,7 +131,7 @@ def layer_rows(leaves: list[Any], stackable: bool) -> dict[Any, list[list[int]]]
     for i, x in enumerate(leaves):
         if x.size == 0:
             continue
-        ktype = selection.key_dtype([x.dtype])
+        ktype = radix_select.key_dtype([x.dtype])
         if stackable and x.size <= _STACK_MAX:
             by_shape.setdefault((ktype, x.shape, jnp.dtype(x.dtype)), []).append(i)
         else:
@@ -151,8 +151,8 @@ def layer_kth(
         for same in members:
             if len(same) == 1:
                 i = same[0]
-                src = selection.magnitude_source(leaves[i], ktype, updates[i])
-                parts.append(selection.Part(src, row))
+                src = radix_select.magnitude_source(leaves[i], ktype, updates[i])
+                parts.append(radix_select.Part(src, row))
             else:
                 # The weights this step produces, added in the leaf's dtype as optax does.
                 stack = jnp.stack(
@@ -165,15 +165,15 @@ def layer_kth(
                 )
                 # Materialised once, not recomputed in every counting pass.
                 stack = jax.lax.optimization_barrier(stack)
-                src = selection.magnitude_source(stack, ktype)
-                parts.append(selection.Part(src, row, True))
+                src = radix_select.magnitude_source(stack, ktype)
+                parts.append(radix_select.Part(src, row, True))
             row += len(same)
         order = [i for same in members for i in same]
         # Vectors, not a few scalar operations per leaf: each would be a small program to
         # compile.
         s = sparsity if sparsity.ndim == 0 else sparsity[np.asarray(order)]
-        k = selection.kept_counts([leaves[i].size for i in order], s)
-        out[ktype] = selection.kth_largest_keys(parts, k)
+        k = radix_select.kept_counts([leaves[i].size for i in order], s)
+        out[ktype] = radix_select.kth_largest_keys(parts, k)
     return out
 
 
@@ -189,8 +189,8 @@ def layer_masks(
         for r, i in enumerate(order):
             dtype = jnp.dtype(leaves[i].dtype)
             if dtype not in values:
-                values[dtype] = selection.key_to_magnitude(kth[ktype], dtype)
-            src = selection.magnitude_source(leaves[i], ktype, updates[i])
+                values[dtype] = radix_select.key_to_magnitude(kth[ktype], dtype)
+            src = radix_select.magnitude_source(leaves[i], ktype, updates[i])
             masks[i] = src.keys(*src.arrays) >= kth[ktype][r]
             thresholds[i] = values[dtype][r]
     return masks, thresholds
@@ -202,7 +202,7 @@ def layer_thresholds(
     """Masks of ``leaves`` (or ``leaves + updates``), each leaf ranked on its own, in one go.
 
     Gives for every leaf what :func:`magnitude_threshold` gives, but with one batched selection
-    for all leaves of one key width (:func:`selection.kth_largest_keys`), so that the compiled
+    for all leaves of one key width (:func:`radix_select.kth_largest_keys`), so that the compiled
     program does not grow with the number of leaves beyond a mask per leaf. ``sparsity`` is a
     scalar or one value per leaf. Thresholds are in each leaf's dtype.
     """
@@ -266,9 +266,9 @@ def global_magnitude_masks(
              [False, False]], dtype=bool)
     """
     check_sparsity(sparsity, "sparsity", allow_one=True)
-    rule = spec.compile_rule(prune, "prune")
-    paths, leaves, treedef = spec.flatten(params)
-    chosen = spec.select(paths, leaves, rule)
+    rule = leaf_rules.compile_rule(prune, "prune")
+    paths, leaves, treedef = leaf_rules.flatten(params)
+    chosen = leaf_rules.select(paths, leaves, rule)
     picked = [jnp.asarray(x) for x, on in zip(leaves, chosen) if on]
     out = [jnp.ones((), bool)] * len(leaves)
     if picked:

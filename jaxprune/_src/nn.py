@@ -1,7 +1,7 @@
 """Flax modules that hold channel masks, for Fisher pruning.
 
 Both multiply the feature (last) axis of an activation by a mask of shape ``(C,)`` (ones when
-created) with :func:`jaxprune.mask_channels`; the mask lives outside the trainable parameters
+created) with :func:`jaxprune.fisher.mask_channels`; the mask lives outside the trainable parameters
 so that it can be passed in, differentiated and counted on its own:
 
 * :class:`ChannelMask` (Flax linen) keeps it in the variable collection ``"channel_masks"``;
@@ -10,7 +10,7 @@ so that it can be passed in, differentiated and counted on its own:
   ``nnx.split(model, nnx.Param, ChannelMaskVariable, ...)`` takes the masks apart.
 
 A mask value may also have shape ``(B, C)``, one row per example: the extended masks of
-:func:`jaxprune.fisher_value_and_grad` with ``batched=True``.
+:func:`jaxprune.fisher.fisher_value_and_grad` with ``batched=True``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ class ChannelMask(linen.Module):
 
     The mask is the variable ``mask`` of the collection ``"channel_masks"``, created as ones of
     shape ``(C,)`` by ``init``. Pass the collection with the parameters to ``apply``; its
-    leaves are the masks of :func:`jaxprune.fisher_signals` and :func:`jaxprune.fisher_prune`.
+    leaves are the masks of :func:`jaxprune.fisher.fisher_signals` and
+    :func:`jaxprune.fisher.fisher_prune`.
 
     Attributes:
       collection: the variable collection that holds the mask (default ``"channel_masks"``).

@@ -3,7 +3,7 @@
 The TensorFlow recipes users know (``weight_pruning`` and ``unit_pruning`` from the well-known
 Stack Overflow answer) zero the ``k%`` smallest weights or columns of one matrix. Here the same
 is done over a whole params tree, with tfmot's kept-count rule (:mod:`jaxprune._src.masks`) and
-the leaf selection rules of the rest of jaxprune (:mod:`jaxprune._src.spec`).
+the leaf selection rules of the rest of jaxprune (:mod:`jaxprune._src.leaf_rules`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxprune._src import leaf_rules, structured
 from jaxprune._src import masks as masks_lib
-from jaxprune._src import spec, structured
 from jaxprune._src.base import Array, ArrayLike, LeafRule, Masks, Params, check_sparsity
 
 _SCOPES = ("layer", "global")
@@ -36,8 +36,8 @@ def _zero_pruned(x: Array, mask: Array) -> Array:
 
 
 def _assemble(params: Params, rule: Any, compute: Any) -> tuple[Params, Masks]:
-    paths, leaves, treedef = spec.flatten(params)
-    chosen = spec.select(paths, leaves, rule)
+    paths, leaves, treedef = leaf_rules.flatten(params)
+    chosen = leaf_rules.select(paths, leaves, rule)
     picked = [jnp.asarray(x) for x, on in zip(leaves, chosen, strict=True) if on]
     new_masks = iter(
         compute(picked, [p for p, on in zip(paths, chosen, strict=True) if on]) if picked else []
@@ -99,7 +99,7 @@ def prune_weights(
     check_sparsity(sparsity, "sparsity", allow_one=True)
     if scope not in _SCOPES:
         raise ValueError(f"scope must be one of {_SCOPES}, got {scope!r}")
-    rule = spec.compile_rule(prune, "prune")
+    rule = leaf_rules.compile_rule(prune, "prune")
     compute = _layer_masks if scope == "layer" else _global_masks
     return _assemble(params, rule, lambda leaves, paths: compute(leaves, sparsity))
 
@@ -152,7 +152,7 @@ def prune_units(
         axis = operator.index(axis)
     except TypeError as e:
         raise TypeError(f"axis must be an int, got {axis!r}") from e
-    rule = spec.compile_rule(prune, "prune")
+    rule = leaf_rules.compile_rule(prune, "prune")
 
     def compute(leaves: list[Array], paths: list[str]) -> list[Array]:
         for x, path in zip(leaves, paths, strict=True):

@@ -12,8 +12,9 @@ import numpy as np
 import optax
 from jax import lax
 
+from jaxprune._src import leaf_rules as spec
 from jaxprune._src import masks as masks_lib
-from jaxprune._src import selection, spec
+from jaxprune._src import radix_select as selection
 from jaxprune._src import transform as transform_lib
 from jaxprune._src.base import Array, ArrayLike, LeafRule, Masks
 from jaxprune._src.schedules import PruningSchedule

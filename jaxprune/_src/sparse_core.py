@@ -58,8 +58,10 @@ import numpy as np
 import optax
 from jax import lax
 
-from jaxprune._src import selection, spec, trees
+from jaxprune._src import leaf_rules as spec
+from jaxprune._src import radix_select as selection
 from jaxprune._src import summaries as summaries_lib
+from jaxprune._src import trees
 from jaxprune._src.base import Array, ArrayLike, LeafRule, Masks, Params, is_float_array
 from jaxprune._src.transform import register_pruning_state, zero_pruned
 

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprune._src import selection
+from jaxprune._src import radix_select as selection
 from jaxprune._src.base import Array, LeafRule, Params
 from jaxprune._src.sparse_core import (
     SparseAlgorithm,

@@ -28,8 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxprune._src import leaf_rules as spec
 from jaxprune._src import masks as masks_lib
-from jaxprune._src import selection, spec
+from jaxprune._src import radix_select as selection
 from jaxprune._src.base import Array, LeafRule, Masks, Params
 from jaxprune._src.schedules import PruningSchedule
 from jaxprune._src.sparse_core import (

@@ -5,15 +5,15 @@ Three ways to prune weights in groups instead of one by one:
 * **blocks** (:func:`block_mask`): a rank-2 weight is cut into ``bh × bw`` tiles aligned at
   ``(0, 0)``; each tile is scored by the average or maximum of its ``|w|`` and tiles are kept by
   tfmot's magnitude rule applied to the scores (TensorFlow's ``block_size`` /
-  ``block_pooling_type``, SEMANTICS.md §2.2 and decision 4);
+  ``block_pooling_type``; where jaxprune departs from it is listed in :func:`block_mask`);
 * **N:M** (:func:`nm_mask`): in every run of ``m`` consecutive weights along the input-feature
-  axis, the ``n`` largest magnitudes are kept (tfmot's ``sparsity_m_by_n``, §2.3 and
-  decision 5);
+  axis, the ``n`` largest magnitudes are kept (tfmot's ``sparsity_m_by_n``, which counts the
+  pruned entries instead: see :func:`nm_mask`);
 * **units** (:func:`unit_mask`): whole slices along one axis (for a Flax ``(in, out)`` kernel,
   output neurons) are kept or pruned by their L2 norm.
 
 Blocks and units rank their scores with the exact radix select of
-:mod:`jaxprune._src.selection`, never a sort. N:M needs the n-th largest of every small group
+:mod:`jaxprune._src.radix_select`, never a sort. N:M needs the n-th largest of every small group
 of ``m``: it takes the group's n-th largest key with ``lax.top_k`` over the last axis (only its
 value is used) and breaks ties by index explicitly, so the result does not depend on how a
 backend orders equal keys. All masks are exact and deterministic with and without ``jit``.
@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxprune._src import selection
+from jaxprune._src import radix_select
 from jaxprune._src.base import Array, ArrayLike, check_sparsity
 
 POOLINGS = ("AVG", "MAX")
@@ -249,10 +249,10 @@ def _block_threshold(
     x: Array, sparsity: ArrayLike, block_shape: tuple[int, int], pooling: str
 ) -> tuple[Array, Array]:
     scores = block_scores(x, block_shape, pooling)
-    keys = selection.magnitude_keys(scores)
-    kth = selection.kth_largest_key([keys], selection.kept_count(scores.size, sparsity))
+    keys = radix_select.magnitude_keys(scores)
+    kth = radix_select.kth_largest_key([keys], radix_select.kept_count(scores.size, sparsity))
     mask = expand_block_mask(keys >= kth, block_shape, x.shape)
-    return mask, selection.key_to_magnitude(kth, x.dtype)
+    return mask, radix_select.key_to_magnitude(kth, x.dtype)
 
 
 def block_mask(
@@ -272,7 +272,8 @@ def block_mask(
     so ties at the threshold are all kept and at least one block survives; the block mask is
     then expanded to the weight's shape.
 
-    Differences from TensorFlow (SEMANTICS.md §2.2, decision 4):
+    Differences from TensorFlow (also in "What differs from TensorFlow" of
+    ``docs/migrating-from-tensorflow.md``):
 
     * tfmot pools with SAME padding, which splits the padding of an axis into
       ``pad_before = total // 2`` and the rest after. When an axis needs a total pad of 2 or
@@ -346,8 +347,8 @@ def nm_mask(x: ArrayLike, n: int, m: int, *, axis: int = -2) -> Array:
     * **A partial last group** (the axis length is not a multiple of ``m``) keeps
       ``min(n, its size)`` entries, as tfmot's zero padding does.
     * **Migrating from tfmot**: ``sparsity_m_by_n=(a, b)`` prunes ``a`` of every ``b`` weights
-      (SEMANTICS.md §2.3), so it is ``nm_mask(x, b - a, b)`` here; ``(2, 4)`` is ``2:4`` either
-      way, but ``(1, 4)`` keeps 3 of 4.
+      (``a`` counts the pruned entries, not the kept ones), so it is ``nm_mask(x, b - a, b)``
+      here; ``(2, 4)`` is ``2:4`` either way, but ``(1, 4)`` keeps 3 of 4.
 
     Args:
       x: float array of rank >= 1.
@@ -381,7 +382,7 @@ def nm_mask(x: ArrayLike, n: int, m: int, *, axis: int = -2) -> Array:
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
 def _nm_mask(x: Array, n: int, m: int, axis: int) -> Array:
-    keys = jnp.moveaxis(selection.magnitude_keys(x), axis, -1)
+    keys = jnp.moveaxis(radix_select.magnitude_keys(x), axis, -1)
     length = keys.shape[-1]
     groups = -(-length // m)
     # Padding keys are 0 (the key of 0.0) and sit after every real entry of the last group,
@@ -453,12 +454,12 @@ def unit_threshold(x: ArrayLike, sparsity: ArrayLike, *, axis: int = -1) -> tupl
 @functools.partial(jax.jit, static_argnums=(2,))
 def _unit_threshold(x: Array, sparsity: ArrayLike, axis: int) -> tuple[Array, Array]:
     norms = unit_norms(x, axis=axis)
-    keys = selection.magnitude_keys(norms)
-    kth = selection.kth_largest_key([keys], selection.kept_count(norms.size, sparsity))
+    keys = radix_select.magnitude_keys(norms)
+    kth = radix_select.kth_largest_key([keys], radix_select.kept_count(norms.size, sparsity))
     index: list[Any] = [None] * x.ndim
     index[axis] = slice(None)
     mask = jnp.broadcast_to((keys >= kth)[tuple(index)], x.shape)
-    return mask, selection.key_to_magnitude(kth, x.dtype)
+    return mask, radix_select.key_to_magnitude(kth, x.dtype)
 
 
 def unit_mask(x: ArrayLike, sparsity: ArrayLike, *, axis: int = -1) -> Array:

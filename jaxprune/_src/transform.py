@@ -11,8 +11,8 @@ import numpy as np
 import optax
 from jax import lax
 
+from jaxprune._src import leaf_rules
 from jaxprune._src import masks as masks_lib
-from jaxprune._src import spec
 from jaxprune._src.base import Array, ArrayLike, LeafRule, Masks, is_float_array
 from jaxprune._src.schedules import PruningSchedule
 
@@ -134,7 +134,7 @@ def _check_schedule(schedule: Any, name: str) -> None:
 
 def _leaf_schedules(schedule: Any, sparsity_map: Mapping[str, Any] | None) -> Any:
     """Validates ``sparsity_map`` and returns a function ``(paths, chosen) -> schedules``."""
-    entries = spec.compile_map(sparsity_map, "sparsity_map")
+    entries = leaf_rules.compile_map(sparsity_map, "sparsity_map")
     resolved = []
     for rx, value in entries:
         if isinstance(value, PruningSchedule) or callable(value):
@@ -158,7 +158,7 @@ def _leaf_schedules(schedule: Any, sparsity_map: Mapping[str, Any] | None) -> An
         resolved.append((rx, _ScaledSchedule(schedule, float(value), float(final))))
 
     def per_leaf(paths: list[str], chosen: list[bool]) -> list[Any]:
-        found = spec.lookup(resolved, paths, chosen, "sparsity_map")
+        found = leaf_rules.lookup(resolved, paths, chosen, "sparsity_map")
         return [schedule if s is None else s for s in found]
 
     return per_leaf
@@ -177,7 +177,7 @@ def _leaf_structures(structure: Any) -> Any:
             "structure must be None, a structure such as jaxprune.BlockSparsity((4, 4)), "
             f"or a mapping from regex to structure; got {structure!r}"
         )
-    entries = spec.compile_map(structure, "structure")
+    entries = leaf_rules.compile_map(structure, "structure")
     for rx, value in entries:
         if not callable(value):
             raise TypeError(
@@ -186,7 +186,7 @@ def _leaf_structures(structure: Any) -> Any:
             )
 
     def per_leaf(paths: list[str], chosen: list[bool]) -> list[Any]:
-        return spec.lookup(entries, paths, chosen, "structure")
+        return leaf_rules.lookup(entries, paths, chosen, "structure")
 
     return per_leaf
 
@@ -287,21 +287,21 @@ def magnitude_pruning(
         raise ValueError(f"scope must be one of {_SCOPES}, got {scope!r}")
     if recompute_from not in _RECOMPUTE_FROM:
         raise ValueError(f"recompute_from must be one of {_RECOMPUTE_FROM}, got {recompute_from!r}")
-    rule = spec.compile_rule(prune, "prune")
-    excluded = spec.compile_rule(exclude, "exclude")
+    rule = leaf_rules.compile_rule(prune, "prune")
+    excluded = leaf_rules.compile_rule(exclude, "exclude")
     leaf_schedules = _leaf_schedules(schedule, sparsity_map)
     leaf_structures = _leaf_structures(structure)
 
     def plan(params: Any) -> tuple[list[Any], Any, list[bool], list[Any], list[Any]]:
-        paths, leaves, treedef = spec.flatten(params)
-        chosen = spec.select(paths, leaves, rule, exclude=excluded)
+        paths, leaves, treedef = leaf_rules.flatten(params)
+        chosen = leaf_rules.select(paths, leaves, rule, exclude=excluded)
         scheds = leaf_schedules(paths, chosen)
         structs = leaf_structures(paths, chosen)
         return leaves, treedef, chosen, scheds, structs
 
     def init_fn(params: Any) -> MagnitudePruningState:
         leaves, treedef, chosen, _, structs = plan(params)
-        paths = spec.flatten(params)[0]
+        paths = leaf_rules.flatten(params)[0]
         for path, leaf, st in zip(paths, leaves, structs):
             if st is not None:
                 # Trace the structure once on the leaf's shape, so a structure the leaf cannot

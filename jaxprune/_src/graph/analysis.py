@@ -30,8 +30,8 @@ import numpy as np
 from jax.extend.core import Literal
 
 from jaxprune._src import flops_rules
-from jaxprune._src.flops_keep import reshape_groups
 from jaxprune._src.graph.trace import Program
+from jaxprune._src.kept_channels import reshape_groups
 
 Layout = tuple[int, int, tuple[tuple[int, int], ...]]
 IDENTITY: Layout = (0, 1, ())

@@ -48,11 +48,21 @@ def path_name(prefix: str, path) -> str:
 # Keep vectors.
 
 
-def vand(a: frozenset | None, b: frozenset | None) -> frozenset:
+def keep_both(a: frozenset | None, b: frozenset | None) -> frozenset:
+    """The keep vector of the features that both ``a`` and ``b`` keep (AND).
+
+    A keep vector is a product of atoms, so AND is the union of the atom sets; ``None`` (no
+    mask on the axis) keeps everything.
+    """
     return (a or EMPTY) | (b or EMPTY)
 
 
-def vor(vecs: Sequence[frozenset | None]) -> frozenset:
+def keep_any(vecs: Sequence[frozenset | None]) -> frozenset:
+    """The keep vector of the features that at least one of ``vecs`` keeps (OR).
+
+    Atoms common to every vector stay factored out; the rest becomes one ``("or", ...)`` atom.
+    A vector that keeps everything (empty or ``None``) makes the result keep everything.
+    """
     if not vecs or any(not v for v in vecs):
         return EMPTY
     s = frozenset(vecs)
