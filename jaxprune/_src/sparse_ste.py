@@ -64,16 +64,55 @@ def _pruned(masks: list) -> list[int]:
     return [i for i, m in enumerate(masks) if np.ndim(m) > 0]
 
 
-def _mask_init(rule: Any) -> Any:
+def _mask_init(rule: Any, structure: Any = None) -> Any:
     def init(params: Params) -> SparseMaskState:
         paths, leaves, treedef = spec.flatten(params)
         chosen = spec.select(paths, leaves, rule)
+        if structure is not None:
+            for path, leaf, on in zip(paths, leaves, chosen):
+                if on:
+                    _check_structure_fits(structure, leaf, path)
         masks = masks_lib.masks_like(params, chosen)
         return SparseMaskState(
             count=jnp.zeros((), jnp.int32), masks=jax.tree_util.tree_unflatten(treedef, masks)
         )
 
     return init
+
+
+def _check_structure(structure: Any, scope: str) -> Any:
+    """``None``, or a structure that pools scores (``from_scores``); per leaf only."""
+    if structure is None:
+        return None
+    if not callable(getattr(structure, "from_scores", None)):
+        raise TypeError(
+            "structure must be None or a structure that pools scores: "
+            f"jaxprune.BlockSparsity, jaxprune.NMSparsity or jaxprune.UnitSparsity; got "
+            f"{structure!r}"
+        )
+    if scope != "layer":
+        raise ValueError(
+            f"a structure ranks each leaf's groups on their own: use scope='layer' with "
+            f"structure={structure!r}, got scope={scope!r}"
+        )
+    return structure
+
+
+def _check_structure_fits(structure: Any, leaf: Any, path: str) -> None:
+    """Traces the structure on the leaf's shape, so a misfit fails at init with the path."""
+    try:
+        out = jax.eval_shape(
+            structure.from_scores,
+            jax.ShapeDtypeStruct(np.shape(leaf), jnp.float32),
+            jnp.float32(0.5),
+        )
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"structure {structure!r} does not fit leaf {path!r}: {e}") from e
+    if tuple(out[0].shape) != tuple(np.shape(leaf)):
+        raise ValueError(
+            f"structure {structure!r} gives a mask of shape {tuple(out[0].shape)} for leaf "
+            f"{path!r} of shape {tuple(np.shape(leaf))}"
+        )
 
 
 def _check_scope(scope: Any) -> str:
@@ -121,6 +160,7 @@ def magnitude_ste(
     schedule: PruningSchedule | Any,
     *,
     sr_ste_lambda: float = 0.0,
+    structure: Any = None,
     prune: LeafRule | None = None,
 ) -> SparseAlgorithm:
     r"""Straight-through magnitude masks, optionally with SR-STE's decay of pruned weights.
@@ -141,6 +181,10 @@ def magnitude_ste(
       schedule: when to recompute the masks and at what sparsity, e.g.
         :func:`jaxprune.polynomial_decay`; any callable ``step -> (should_prune, sparsity)``.
       sr_ste_lambda: :math:`\lambda \ge 0`; ``0`` (default) is the plain STE.
+      structure: ``None`` (single weights), or a structure that pools the magnitudes
+        :math:`|w + u|`: :class:`jaxprune.NMSparsity` (SR-STE's setting: ``NMSparsity(2, 4)``
+        keeps 2 of every 4 inputs, whatever the schedule's sparsity; the schedule then only says
+        when), :class:`jaxprune.BlockSparsity` or :class:`jaxprune.UnitSparsity`.
       prune: which leaves are masked: a regex searched in the leaf path or a predicate
         ``(path, leaf) -> bool``. Default: float leaves of rank >= 2 not named ``bias``.
 
@@ -150,8 +194,9 @@ def magnitude_ste(
 
     Raises:
       ValueError: for a negative or non-finite ``sr_ste_lambda``, or (at ``init``) a rule that
-        matches no leaf.
-      TypeError: for a non-callable schedule or a non-numeric ``sr_ste_lambda``.
+        matches no leaf or a structure that does not fit a pruned leaf.
+      TypeError: for a non-callable schedule, a non-numeric ``sr_ste_lambda`` or an unknown
+        ``structure``.
 
     Examples:
       >>> import jax, jax.numpy as jnp, optax
@@ -173,6 +218,7 @@ def magnitude_ste(
     """
     check_schedule(schedule)
     lam = _check_lambda(sr_ste_lambda)
+    structure = _check_structure(structure, "layer")
     rule = spec.compile_rule(prune, "prune")
 
     def recompute(plan: Any, state: Any, p: list, g: Any, u: list) -> list[Array]:
@@ -180,12 +226,16 @@ def magnitude_ste(
         s = schedule(state.count)[1]
         m = list(jax.tree_util.tree_leaves(state.masks))
         for i in _pruned(m):
-            m[i] = masks_lib.magnitude_threshold(p[i], s, u[i])[0]
+            if structure is None:
+                m[i] = masks_lib.magnitude_threshold(p[i], s, u[i])[0]
+            else:
+                w = jnp.asarray(p[i] + u[i]).astype(jnp.asarray(p[i]).dtype)
+                m[i] = structure.from_scores(jnp.abs(w), s)[0].astype(bool)
         return m
 
     return SparseAlgorithm(
         name="magnitude_ste",
-        init=_mask_init(rule),
+        init=_mask_init(rule, structure),
         turn=_turn(schedule),
         recompute=recompute,
         reads=frozenset({"updates"}),
@@ -269,6 +319,7 @@ def saliency_pruning(
     schedule: PruningSchedule | Any,
     *,
     scope: str = "layer",
+    structure: Any = None,
     prune: LeafRule | None = None,
 ) -> SparseAlgorithm:
     r"""Prunes the weights of smallest saliency :math:`|w \odot g|` on a schedule.
@@ -284,6 +335,10 @@ def saliency_pruning(
     Args:
       schedule: when to prune and at what sparsity, e.g. :func:`jaxprune.polynomial_decay`.
       scope: ``"layer"`` or ``"global"``.
+      structure: ``None`` (single weights), or a structure that pools the saliencies per
+        group: :class:`jaxprune.BlockSparsity` (mean or max per block),
+        :class:`jaxprune.NMSparsity` or :class:`jaxprune.UnitSparsity` (L2 per unit); per leaf
+        only (``scope="layer"``). Pruned weights score 0, so they rank last in their group.
       prune: which leaves are pruned (regex or predicate); default: float leaves of rank >= 2
         not named ``bias``.
 
@@ -291,8 +346,9 @@ def saliency_pruning(
       A sparse-training algorithm for :func:`jaxprune.sparse`.
 
     Raises:
-      ValueError: for an unknown ``scope``, or (at ``init``) a rule that matches no leaf.
-      TypeError: for a non-callable schedule.
+      ValueError: for an unknown ``scope``, a structure with ``scope="global"``, or (at
+        ``init``) a rule that matches no leaf or a structure that does not fit a pruned leaf.
+      TypeError: for a non-callable schedule or an unknown ``structure``.
 
     Examples:
       >>> import jax.numpy as jnp, optax
@@ -314,6 +370,7 @@ def saliency_pruning(
     """
     check_schedule(schedule)
     scope = _check_scope(scope)
+    structure = _check_structure(structure, scope)
     rule = spec.compile_rule(prune, "prune")
 
     def recompute(plan: Any, state: Any, p: list, g: list, u: Any) -> list[Array]:
@@ -321,6 +378,11 @@ def saliency_pruning(
         s = schedule(state.count)[1]
         m = list(jax.tree_util.tree_leaves(state.masks))
         idx = _pruned(m)
+        if structure is not None:
+            for i in idx:
+                score = jnp.abs(jnp.asarray(p[i], jnp.float32) * jnp.asarray(g[i], jnp.float32))
+                m[i] = structure.from_scores(score, s)[0].astype(bool)
+            return m
         keys = []
         for i in idx:
             score = jnp.asarray(p[i], jnp.float32) * jnp.asarray(g[i], jnp.float32)
@@ -332,7 +394,7 @@ def saliency_pruning(
 
     return SparseAlgorithm(
         name="saliency_pruning",
-        init=_mask_init(rule),
+        init=_mask_init(rule, structure),
         turn=_turn(schedule),
         recompute=recompute,
         reads=frozenset({"grads"}),

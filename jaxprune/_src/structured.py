@@ -151,12 +151,28 @@ def block_scores(x: ArrayLike, block_shape: Sequence[int], pooling: str = "avg")
       [[5.0, 4.0]]
     """
     x = _as_float_array(x)
+    return pool_blocks(jnp.abs(x), block_shape, pooling)
+
+
+def pool_blocks(scores: ArrayLike, block_shape: Sequence[int], pooling: str = "avg") -> Array:
+    """Pools non-negative elementwise ``scores`` over blocks: the mean or max of each block.
+
+    The pooling of :func:`block_scores`, for any score (``|w|``, ``|w·g|``, ...): blocks of
+    ``(bh, bw)`` aligned at ``(0, 0)``, partial blocks at the ends pooled over their real
+    cells; float32 (float64 for float64 scores).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> pool_blocks(jnp.array([[1.0, 3.0, 2.0], [5.0, 0.0, 4.0]]), (2, 2), "max").tolist()
+      [[5.0, 4.0]]
+    """
+    scores = _as_float_array(scores, "scores")
     pooling = check_pooling(pooling)
-    bh, bw = resolve_block_shape(block_shape, x.shape)
-    h, w = matrix_shape(x.shape)
+    bh, bw = resolve_block_shape(block_shape, scores.shape)
+    h, w = matrix_shape(scores.shape)
     nh, nw = -(-h // bh), -(-w // bw)
-    # |x| >= 0, so zero padding changes neither the sums nor the maxima of the real cells.
-    a = jnp.abs(x.reshape(h, w).astype(_score_dtype(x.dtype)))
+    # Scores are >= 0, so zero padding changes neither the sums nor the maxima of real cells.
+    a = scores.reshape(h, w).astype(_score_dtype(scores.dtype))
     a = jnp.pad(a, ((0, nh * bh - h), (0, nw * bw - w)))
     tiles = a.reshape(nh, bh, nw, bw)
     if pooling == "MAX":
@@ -239,20 +255,20 @@ def block_threshold(
     matrix_shape(x.shape)
     if x.size == 0:
         return jnp.ones(x.shape, bool), jnp.zeros((), x.dtype)
-    return _block_threshold(x, sparsity, dims, pooling)
+    return _block_select(jnp.abs(x), sparsity, dims, pooling, x.dtype)
 
 
 # Compiled once per shape and structure, so eager calls (one-shot pruning) do not dispatch the
 # selection op by op; under an outer jit this is an ordinary nested call.
-@functools.partial(jax.jit, static_argnums=(2, 3))
-def _block_threshold(
-    x: Array, sparsity: ArrayLike, block_shape: tuple[int, int], pooling: str
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _block_select(
+    scores: Array, sparsity: ArrayLike, block_shape: tuple[int, int], pooling: str, dtype: Any
 ) -> tuple[Array, Array]:
-    scores = block_scores(x, block_shape, pooling)
-    keys = radix_select.magnitude_keys(scores)
-    kth = radix_select.kth_largest_key([keys], radix_select.kept_count(scores.size, sparsity))
-    mask = expand_block_mask(keys >= kth, block_shape, x.shape)
-    return mask, radix_select.key_to_magnitude(kth, x.dtype)
+    pooled = pool_blocks(scores, block_shape, pooling)
+    keys = radix_select.magnitude_keys(pooled)
+    kth = radix_select.kth_largest_key([keys], radix_select.kept_count(pooled.size, sparsity))
+    mask = expand_block_mask(keys >= kth, block_shape, scores.shape)
+    return mask, radix_select.key_to_magnitude(kth, dtype)
 
 
 def block_mask(
@@ -416,8 +432,13 @@ def unit_norms(x: ArrayLike, *, axis: int = -1) -> Array:
     if x.ndim == 0:
         raise ValueError("unit masks need an array of rank >= 1, got a scalar")
     axis = _check_axis(axis, x.ndim)
-    a = x.astype(_score_dtype(x.dtype))
-    others = tuple(i for i in range(x.ndim) if i != axis)
+    return _pool_units(jnp.abs(x), axis)
+
+
+def _pool_units(scores: Array, axis: int) -> Array:
+    """The L2 norm of non-negative ``scores`` over every axis but ``axis`` (float32/float64)."""
+    a = scores.astype(_score_dtype(scores.dtype))
+    others = tuple(i for i in range(scores.ndim) if i != axis)
     return jnp.sqrt(jnp.sum(a * a, axis=others))
 
 
@@ -448,18 +469,18 @@ def unit_threshold(x: ArrayLike, sparsity: ArrayLike, *, axis: int = -1) -> tupl
     axis = _check_axis(axis, x.ndim)
     if x.size == 0:
         return jnp.ones(x.shape, bool), jnp.zeros((), x.dtype)
-    return _unit_threshold(x, sparsity, axis)
+    return _unit_select(jnp.abs(x), sparsity, axis, x.dtype)
 
 
-@functools.partial(jax.jit, static_argnums=(2,))
-def _unit_threshold(x: Array, sparsity: ArrayLike, axis: int) -> tuple[Array, Array]:
-    norms = unit_norms(x, axis=axis)
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _unit_select(scores: Array, sparsity: ArrayLike, axis: int, dtype: Any) -> tuple[Array, Array]:
+    norms = _pool_units(scores, axis)
     keys = radix_select.magnitude_keys(norms)
     kth = radix_select.kth_largest_key([keys], radix_select.kept_count(norms.size, sparsity))
-    index: list[Any] = [None] * x.ndim
+    index: list[Any] = [None] * scores.ndim
     index[axis] = slice(None)
-    mask = jnp.broadcast_to((keys >= kth)[tuple(index)], x.shape)
-    return mask, radix_select.key_to_magnitude(kth, x.dtype)
+    mask = jnp.broadcast_to((keys >= kth)[tuple(index)], scores.shape)
+    return mask, radix_select.key_to_magnitude(kth, dtype)
 
 
 def unit_mask(x: ArrayLike, sparsity: ArrayLike, *, axis: int = -1) -> Array:
@@ -503,6 +524,16 @@ def unit_mask(x: ArrayLike, sparsity: ArrayLike, *, axis: int = -1) -> Array:
 
 
 # ----- structure descriptions (static, hashable) -----
+#
+# A structure groups and pools scores; it never decides what a score is. Each one has
+# ``from_scores(scores, sparsity) -> (mask, threshold)`` for elementwise non-negative scores of
+# the leaf's shape (|w| for magnitude pruning, |w·g| for saliency, ...), and
+# ``__call__(x, sparsity)``, the magnitude rule: ``from_scores(|x|, sparsity)`` with the
+# threshold in ``x``'s dtype.
+
+
+def _check_scores(scores: ArrayLike) -> Array:
+    return _as_float_array(scores, "scores")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -529,6 +560,15 @@ class BlockSparsity:
 
     def __call__(self, x: ArrayLike, sparsity: ArrayLike) -> tuple[Array, Array]:
         return block_threshold(x, sparsity, self.block_shape, self.pooling)
+
+    def from_scores(self, scores: ArrayLike, sparsity: ArrayLike) -> tuple[Array, Array]:
+        """``(mask, threshold)`` from elementwise non-negative ``scores`` pooled per block."""
+        scores = _check_scores(scores)
+        check_sparsity(sparsity, "sparsity", allow_one=True)
+        matrix_shape(scores.shape)
+        if scores.size == 0:
+            return jnp.ones(scores.shape, bool), jnp.zeros((), scores.dtype)
+        return _block_select(scores, sparsity, self.block_shape, self.pooling, scores.dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -559,6 +599,13 @@ class NMSparsity:
         mask = nm_mask(x, self.n, self.m, axis=self.axis)
         return mask, jnp.zeros((), jnp.asarray(x).dtype)
 
+    def from_scores(self, scores: ArrayLike, sparsity: ArrayLike = None) -> tuple[Array, Array]:
+        """``(mask, 0)``: the ``n`` largest ``scores`` of every group (``sparsity`` ignored)."""
+        del sparsity
+        scores = _check_scores(scores)
+        # nm_mask ranks |x|, and |scores| = scores: the same rule and tie-breaking.
+        return nm_mask(scores, self.n, self.m, axis=self.axis), jnp.zeros((), scores.dtype)
+
 
 @dataclasses.dataclass(frozen=True)
 class UnitSparsity:
@@ -579,6 +626,17 @@ class UnitSparsity:
     def __call__(self, x: ArrayLike, sparsity: ArrayLike) -> tuple[Array, Array]:
         return unit_threshold(x, sparsity, axis=self.axis)
 
+    def from_scores(self, scores: ArrayLike, sparsity: ArrayLike) -> tuple[Array, Array]:
+        """``(mask, threshold)`` from elementwise non-negative ``scores``, L2-pooled per unit."""
+        scores = _check_scores(scores)
+        check_sparsity(sparsity, "sparsity", allow_one=True)
+        if scores.ndim == 0:
+            raise ValueError("unit masks need scores of rank >= 1, got a scalar")
+        axis = _check_axis(self.axis, scores.ndim)
+        if scores.size == 0:
+            return jnp.ones(scores.shape, bool), jnp.zeros((), scores.dtype)
+        return _unit_select(scores, sparsity, axis, scores.dtype)
+
 
 __all__ = [
     "BlockSparsity",
@@ -589,6 +647,7 @@ __all__ = [
     "block_threshold",
     "expand_block_mask",
     "nm_mask",
+    "pool_blocks",
     "unit_mask",
     "unit_threshold",
 ]
