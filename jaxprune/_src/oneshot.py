@@ -35,6 +35,45 @@ def _zero_pruned(x: Array, mask: Array) -> Array:
     return jnp.where(mask, x, jnp.zeros((), x.dtype))
 
 
+def magnitude_masks(
+    leaves: list[Array],
+    sparsity: ArrayLike,
+    *,
+    scope: str = "layer",
+    n_m: tuple[int, int] | None = None,
+    axes: list[int] | None = None,
+) -> list[Array]:
+    """The magnitude masks of :func:`prune_weights` and ``prune_oneshot(method="magnitude")``.
+
+    Unstructured (``n_m=None``): tfmot's rule per leaf (``scope="layer"``) or over all leaves
+    together (``"global"``). N:M: :func:`jaxprune.nm_mask` of each leaf along ``axes[i]``.
+    Arguments are validated by the callers.
+    """
+    if n_m is None:
+        compute = _layer_masks if scope == "layer" else _global_masks
+        return list(compute(list(leaves), sparsity))
+    n, m = n_m
+    axes = [-2] * len(leaves) if axes is None else axes
+    return [structured.nm_mask(x, n, m, axis=a) for x, a in zip(leaves, axes, strict=True)]
+
+
+def magnitude_prune(
+    leaves: list[Array],
+    sparsity: ArrayLike,
+    *,
+    scope: str = "layer",
+    n_m: tuple[int, int] | None = None,
+    axes: list[int] | None = None,
+) -> tuple[list[Array], list[Array]]:
+    """``(pruned leaves, masks)``: :func:`magnitude_masks`, pruned entries set to ``+0``.
+
+    The one implementation of magnitude pruning behind :func:`prune_weights` and
+    ``prune_oneshot(method="magnitude")``.
+    """
+    masks = magnitude_masks(leaves, sparsity, scope=scope, n_m=n_m, axes=axes)
+    return [_zero_pruned(x, mk) for x, mk in zip(leaves, masks, strict=True)], masks
+
+
 def _assemble(params: Params, rule: Any, compute: Any) -> tuple[Params, Masks]:
     paths, leaves, treedef = spec.flatten(params)
     chosen = spec.select(paths, leaves, rule)
@@ -100,8 +139,9 @@ def prune_weights(
     if scope not in _SCOPES:
         raise ValueError(f"scope must be one of {_SCOPES}, got {scope!r}")
     rule = spec.compile_rule(prune, "prune")
-    compute = _layer_masks if scope == "layer" else _global_masks
-    return _assemble(params, rule, lambda leaves, paths: compute(leaves, sparsity))
+    return _assemble(
+        params, rule, lambda leaves, paths: magnitude_masks(leaves, sparsity, scope=scope)
+    )
 
 
 def prune_units(
