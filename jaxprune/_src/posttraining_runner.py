@@ -481,17 +481,6 @@ def _mesh_of(batch) -> tuple[Mesh | None, tuple]:
     return meshes.pop(), specs.pop()
 
 
-def _check_batches(batches: list[Any]) -> None:
-    if not batches:
-        raise ValueError("calibration_batches is empty; pass at least one batch")
-    for b, batch in enumerate(batches):
-        for path, leaf in jax.tree_util.tree_flatten_with_path(batch)[0]:
-            if is_float_array(leaf) and not bool(jnp.all(jnp.isfinite(leaf))):
-                raise ValueError(
-                    f"calibration_batches[{b}] has NaN or inf in {path_str(path) or 'the batch'}"
-                )
-
-
 def _select(paths, leaves, sites, uses, refused, layers) -> list[int]:
     """Indices of the site of every selected layer, in evaluation order; refuses bad leaves."""
     by_leaf: dict[int, list[int]] = {}
