@@ -15,4 +15,4 @@ def maybe_jit(request):
 
 
 # Scripts that tests run in a process of their own (they set XLA_FLAGS before importing jax).
-collect_ignore = ["sharding_check.py", "conformance_sharding_check.py"]
+collect_ignore = ["sharding_check.py", "conformance_sharding_check.py", "oneshot_sharding_check.py"]

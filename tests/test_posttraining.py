@@ -1,5 +1,10 @@
 """Tests for one-shot post-training pruning: Wanda, SparseGPT, OWL and the model runner."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -810,3 +815,18 @@ def test_runner_progress_bar(monkeypatch):
         prune_oneshot(_MLP().apply, params, batches, progress="yes")
     with pytest.raises(TypeError, match="mesh must be a jax.sharding.Mesh or None"):
         prune_oneshot(_MLP().apply, params, batches, method="wanda", mesh=jax.devices())
+
+
+def test_runner_data_parallel_equals_one_device():
+    """8 fake devices in a process of their own (XLA_FLAGS is read when jax is imported)."""
+    script = Path(__file__).with_name("oneshot_sharding_check.py")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    result = subprocess.run(
+        [sys.executable, "-W", "error", str(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "oneshot sharding check passed" in result.stdout
