@@ -285,8 +285,9 @@ def _f32_sums(x: Array, hessian: bool) -> tuple[Array | None, Array, Array]:
 
 
 # A hook for benchmarks/oneshot.py: called with no argument after every calibration batch is
-# added, after every group's statistics are complete and after every layer is pruned, the
-# points where the most arrays are alive (it samples ``jax.live_arrays()`` there).
+# added, after every group's statistics are complete, once a layer's Hessian is formed and after
+# every layer is pruned, the points where the most arrays are alive (the benchmark samples
+# ``jax.live_arrays()`` there).
 _probe: Callable[[], None] | None = None
 
 
@@ -572,7 +573,11 @@ def _prune_layer(method, w, site, stats, sparsity, n_m, sparsegpt_kwargs):
         mask = pt.wanda_mask(kernel, jnp.sqrt(stats[1]), None if n_m else sparsity, n_m=n_m)
         new = jnp.where(mask, kernel, jnp.zeros((), kernel.dtype))
     else:
-        hessian = (2.0 / stats[2]) * stats[0]
+        xtx, rows = stats[0], stats[2]
+        del stats  # the sum Σ xᵀx is freed once scaled: one Hessian alive at a time
+        hessian = (2.0 / rows) * xtx
+        del xtx
+        _probe_point()
         new, mask = pt.sparsegpt_prune(
             kernel, hessian, None if n_m else sparsity, n_m=n_m, **sparsegpt_kwargs
         )
@@ -828,14 +833,14 @@ def prune_oneshot(
                     fn, len(leaves), tuple(group), method == "sparsegpt", treedef, dp
                 )
                 sums = _accumulate(stats_fn, current if sequential else dense, batches, dp)
-                for s, st in zip(group, sums):
-                    if not all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(st)):
+                stats = dict(zip(group, sums))
+                del sums  # each layer's statistics are freed as soon as it is pruned
+                for s in group:
+                    if not all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(stats[s])):
                         raise ValueError(
                             f"the inputs of layer {paths[sites[s].leaf]!r} contain NaN or inf "
                             "on the calibration batches"
                         )
-                    stats[s] = st
-                del sums
                 _probe_point()
             for s in group:
                 site = sites[s]
