@@ -4,6 +4,9 @@ The TensorFlow recipes users know (``weight_pruning`` and ``unit_pruning`` from 
 Stack Overflow answer) zero the ``k%`` smallest weights or columns of one matrix. Here the same
 is done over a whole params tree, with tfmot's kept-count rule (:mod:`jaxprune._src.masks`) and
 the leaf selection rules of the rest of jaxprune (:mod:`jaxprune._src.spec`).
+
+:func:`magnitude_prune` is the one implementation of magnitude pruning: :func:`prune_weights`
+and ``prune_oneshot(method="magnitude")`` both call it.
 """
 
 from __future__ import annotations
@@ -108,6 +111,8 @@ def prune_weights(
     weight with :math:`|w| \ge` the k-th largest magnitude survives (ties kept).
     ``scope="layer"`` ranks each selected leaf on its own; ``scope="global"`` ranks all
     selected leaves together (:func:`jaxprune.global_magnitude_masks`).
+    :func:`jaxprune.prune_oneshot` with ``method="magnitude"`` runs the same code on the
+    layers it finds (per layer, as ``scope="layer"``).
 
     Args:
       params: a pytree of arrays (e.g. a Flax ``params`` dict).
