@@ -32,4 +32,5 @@ collect_ignore = [
     "sharding_check.py",
     "conformance_sharding_check.py",
     "multiprocess_check.py",
+    "oneshot_sharding_check.py",
 ]

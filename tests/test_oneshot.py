@@ -134,3 +134,31 @@ def test_prune_units_conv_and_errors():
         prune_units(params, -0.5)
     with pytest.raises(ValueError, match="matches no leaf"):
         prune_units(params, 0.5, prune="Dense_1")
+
+
+def test_prune_oneshot_magnitude_shares_prune_weights_implementation(monkeypatch):
+    """prune_oneshot(method="magnitude") and prune_weights run one magnitude implementation."""
+    from jaxprune._src import oneshot
+    from jaxprune._src.posttraining_runner import prune_oneshot
+
+    rng = np.random.default_rng(1)
+    params = {
+        "a": jnp.asarray(rng.normal(size=(6, 8)), jnp.float32),
+        "b": jnp.asarray(rng.normal(size=(8, 3)), jnp.float32),
+        "s": jnp.ones(8),
+    }
+
+    def fn(p, x):
+        return jnp.tanh(x @ p["a"]) * p["s"][None, :] @ p["b"]
+
+    calls = []
+    real = oneshot.magnitude_masks
+    monkeypatch.setattr(
+        oneshot, "magnitude_masks", lambda *a, **k: calls.append(k) or real(*a, **k)
+    )
+    got = prune_oneshot(fn, params, [jnp.ones((4, 6))], method="magnitude", sparsity=0.6)
+    want = prune_weights(params, 0.6, prune="^(a|b)$")
+    assert len(calls) == 3  # one per layer of prune_oneshot, one for prune_weights
+    for k in params:
+        np.testing.assert_array_equal(np.asarray(got[1][k]), np.asarray(want[1][k]))
+        np.testing.assert_array_equal(np.asarray(got[0][k]), np.asarray(want[0][k]))

@@ -1,5 +1,10 @@
 """Tests for one-shot post-training pruning: Wanda, SparseGPT, OWL and the model runner."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -535,3 +540,293 @@ def test_runner_reuses_compiled_passes_across_calls(monkeypatch):
     # Another function (even an equal module's apply) builds its own passes.
     prune_oneshot(_MLP().apply, params, batches, method="wanda", sparsity=0.5)
     assert built == ["_build_site_stats", "_build_site_stats"]
+
+
+# ----- convolutions -----
+
+
+class _CNN(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(6, (3, 3), strides=2, padding="SAME")(x))
+        x = nn.Conv(4, (2, 2), padding="VALID", kernel_dilation=2)(x)
+        return nn.Dense(3)(x.reshape(x.shape[0], -1))
+
+
+def _patches(x, ksize, strides, padding, rhs_dilation=None):
+    """By hand: NHWC patches reordered to the (kh, kw, c) rows of an HWIO kernel."""
+    p = jax.lax.conv_general_dilated_patches(
+        x,
+        ksize,
+        strides,
+        padding,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )  # features ordered (c, kh, kw)
+    c = x.shape[-1]
+    p = jnp.moveaxis(p.reshape(*p.shape[:-1], c, *ksize), -3, -1)
+    return p.reshape(-1, int(np.prod(ksize)) * c)
+
+
+def test_runner_linen_cnn_matches_patches_by_hand():
+    """SparseGPT on a linen CNN: each kernel is (kh·kw·c, out), calibrated on its patches."""
+    batches = [normal(80 + i, (4, 9, 9, 2)) for i in range(2)]
+    model = _CNN()
+    params = model.init(jax.random.key(0), batches[0])
+    got, masks = prune_oneshot(model.apply, params, batches, method="sparsegpt", sparsity=0.5)
+    p = params["params"]
+    k0, k1 = p["Conv_0"]["kernel"], p["Conv_1"]["kernel"]  # (3, 3, 2, 6), (2, 2, 6, 4)
+    x0 = jnp.concatenate([_patches(b, (3, 3), (2, 2), "SAME") for b in batches])
+    new0, m0 = pt.sparsegpt_prune(k0.reshape(18, 6), pt.hessian_from_inputs(x0), 0.5)
+    new0 = new0.reshape(k0.shape)
+    # Sequential: Conv_1 sees the outputs of the pruned Conv_0.
+    h = [
+        jax.nn.relu(
+            jax.lax.conv_general_dilated(
+                b, new0, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
+            + p["Conv_0"]["bias"][None, None, None, :]
+        )
+        for b in batches
+    ]
+    x1 = jnp.concatenate([_patches(a, (2, 2), (1, 1), "VALID", rhs_dilation=(2, 2)) for a in h])
+    new1, m1 = pt.sparsegpt_prune(k1.reshape(24, 4), pt.hessian_from_inputs(x1), 0.5)
+    for name, new, m, k in (("Conv_0", new0, m0, k0), ("Conv_1", new1, m1, k1)):
+        np.testing.assert_array_equal(
+            np.asarray(masks["params"][name]["kernel"]), np.asarray(m).reshape(k.shape)
+        )
+        np.testing.assert_allclose(
+            np.asarray(got["params"][name]["kernel"]),
+            np.asarray(new).reshape(k.shape),
+            rtol=1e-4,
+            atol=1e-5,
+        )
+    assert masks["params"]["Dense_0"]["kernel"].shape == (36, 3)  # dense layers too
+
+
+def test_runner_conv_own_layout_and_lhs_dilation():
+    """An (out, in, h, w) kernel is pruned over (in, h, w); a transposed conv is unfolded too."""
+    w = normal(90, (5, 3, 2, 2))  # OIHW
+    x = normal(91, (2, 3, 6, 6))  # NCHW
+    dn = ("NCHW", "OIHW", "NCHW")
+
+    def fn(p, x):
+        return jax.lax.conv_general_dilated(
+            x, p["w"], (1, 1), ((1, 1), (0, 1)), lhs_dilation=(2, 1), dimension_numbers=dn
+        )
+
+    _, masks = prune_oneshot(fn, {"w": w}, [x], method="wanda", sparsity=0.5)
+    patches = jax.lax.conv_general_dilated_patches(
+        x, (2, 2), (1, 1), ((1, 1), (0, 1)), lhs_dilation=(2, 1), dimension_numbers=dn
+    )  # (n, c·kh·kw, h', w'): features in the kernel's (in, h, w) order already
+    rows = jnp.moveaxis(patches, 1, -1).reshape(-1, 12)
+    want = pt.wanda_mask(w.reshape(5, 12).T, jnp.linalg.norm(rows, axis=0), 0.5)
+    np.testing.assert_array_equal(np.asarray(masks["w"]), np.asarray(want.T.reshape(w.shape)))
+    # N:M groups run along the flattened inputs: m must divide in = 3·2·2.
+    _, masks = prune_oneshot(fn, {"w": w}, [x], method="magnitude", n_m=(2, 4))
+    got = np.asarray(masks["w"]).reshape(5, 3, 4)
+    assert np.all(got.sum(axis=-1) == 2)
+    with pytest.raises(ValueError, match=r"m=8 must divide the 12 inputs of 'w'"):
+        prune_oneshot(fn, {"w": w}, [x], method="wanda", n_m=(4, 8))
+
+
+def test_runner_refuses_grouped_convolution():
+    class Depthwise(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.Conv(4, (3, 3), feature_group_count=2, name="dw")(x)
+            return nn.Conv(2, (1, 1), name="pw")(x)
+
+    x = normal(95, (2, 5, 5, 4))
+    model = Depthwise()
+    params = model.init(jax.random.key(0), x)
+    with pytest.raises(
+        ValueError,
+        match=r"'params/dw/kernel' is the kernel of a conv_general_dilated with "
+        r"feature_group_count=2 .* exclude it with layers=",
+    ):
+        prune_oneshot(model.apply, params, [x], method="wanda")
+    _, masks = prune_oneshot(model.apply, params, [x], method="wanda", layers="pw")
+    assert masks["params"]["dw"]["kernel"].shape == ()
+    assert masks["params"]["pw"]["kernel"].shape == (1, 1, 4, 2)
+
+
+# ----- blocks, batches, progress, arguments -----
+
+
+def _two_blocks():
+    keys = iter(range(100, 104))
+    params = {
+        f"b{i}": {"a": normal(next(keys), (12, 16)) / 3, "b": normal(next(keys), (16, 12)) / 4}
+        for i in range(2)
+    }
+
+    def fn(p, x):
+        for i in range(2):
+            x = x + jax.nn.relu(x @ p[f"b{i}"]["a"]) @ p[f"b{i}"]["b"]
+        return x
+
+    return params, fn, [correlated_inputs(110 + i, 32, 12) for i in range(2)]
+
+
+@pytest.mark.parametrize("blocks", [r"b\d/", lambda path: path.split("/")[0]])
+def test_runner_blocks_calibrated_together(blocks):
+    """A block's layers all see the inputs from the pruned earlier blocks, not each other."""
+    params, fn, batches = _two_blocks()
+    got, masks = prune_oneshot(fn, params, batches, method="sparsegpt", sparsity=0.5, blocks=blocks)
+    x = jnp.concatenate(batches)
+    want, want_masks = {}, {}
+    for i in range(2):
+        a, b = params[f"b{i}"]["a"], params[f"b{i}"]["b"]
+        new_a, m_a = pt.sparsegpt_prune(a, pt.hessian_from_inputs(x), 0.5)
+        # b's inputs come through the block's dense a, not the pruned one.
+        new_b, m_b = pt.sparsegpt_prune(b, pt.hessian_from_inputs(jax.nn.relu(x @ a)), 0.5)
+        want[f"b{i}"], want_masks[f"b{i}"] = {"a": new_a, "b": new_b}, {"a": m_a, "b": m_b}
+        x = x + jax.nn.relu(x @ new_a) @ new_b  # the next block sees the pruned one
+    for i in range(2):
+        for k in ("a", "b"):
+            np.testing.assert_array_equal(
+                np.asarray(masks[f"b{i}"][k]), np.asarray(want_masks[f"b{i}"][k])
+            )
+            np.testing.assert_allclose(
+                np.asarray(got[f"b{i}"][k]), np.asarray(want[f"b{i}"][k]), rtol=1e-4, atol=1e-5
+            )
+    # Without blocks, b0/b is calibrated on the pruned b0/a: another result.
+    per_layer, _ = prune_oneshot(fn, params, batches, method="sparsegpt", sparsity=0.5)
+    assert not np.allclose(np.asarray(per_layer["b0"]["b"]), np.asarray(got["b0"]["b"]))
+
+
+def test_runner_blocks_owl_and_errors():
+    params, fn, batches = _two_blocks()
+    _, masks = prune_oneshot(
+        fn,
+        params,
+        batches,
+        method="wanda",
+        sparsity=0.5,
+        blocks=r"b\d",
+        owl=True,
+        owl_threshold=2.0,
+        owl_lam=0.1,
+        sequential=False,
+    )
+    x = jnp.concatenate(batches)
+    scores = []
+    for i in range(2):  # OWL's ratios per block: the scores of its layers together
+        a, b = params[f"b{i}"]["a"], params[f"b{i}"]["b"]
+        h = jax.nn.relu(x @ a)
+        scores.append(
+            jnp.concatenate(
+                [
+                    (jnp.abs(a) * jnp.linalg.norm(x, axis=0)[:, None]).ravel(),
+                    (jnp.abs(b) * jnp.linalg.norm(h, axis=0)[:, None]).ravel(),
+                ]
+            )
+        )
+        x = x + h @ b
+    want = pt.owl_sparsities(scores, 0.5, threshold=2.0, lam=0.1)
+    assert want[0] != want[1]
+    for i, s in enumerate(want):
+        for k, n_in in (("a", 12), ("b", 16)):
+            assert np.all(np.sum(~np.asarray(masks[f"b{i}"][k]), axis=0) == int(n_in * s))
+
+    with pytest.raises(ValueError, match=r"block 'x' are not consecutive .*'b0/b'.* 'b1/a'"):
+        prune_oneshot(
+            fn,
+            params,
+            batches,
+            method="wanda",
+            blocks=lambda path: "x" if path.endswith("/a") else None,
+        )
+    with pytest.raises(TypeError, match="blocks must be a regex string"):
+        prune_oneshot(fn, params, batches, method="wanda", blocks=3)
+    with pytest.raises(ValueError, match="blocks is not a valid regular expression"):
+        prune_oneshot(fn, params, batches, method="wanda", blocks="(")
+    with pytest.raises(TypeError, match="blocks must return a hashable block key"):
+        prune_oneshot(fn, params, batches, method="wanda", blocks=lambda path: [path])
+
+
+def test_runner_inconsistent_batches_refused_before_any_work():
+    params, batches = _mlp_setup()
+    calls = []
+
+    def fn(p, x):
+        calls.append(1)
+        return _MLP().apply(p, x)
+
+    x = batches[0]
+    cases = [
+        ([x, {"x": x}], r"calibration_batches\[1\] has structure .* every batch must be the same"),
+        (
+            [x, x, x[:, :10]],
+            r"calibration_batches\[2\]: the batch has shape \(32, 10\), but "
+            r"\(32, 12\) in calibration_batches\[0\]; batches may differ only in their leading",
+        ),
+        ([x, x.astype(jnp.bfloat16)], r"calibration_batches\[1\]: the batch has dtype bfloat16"),
+        ([{"x": x}, {"x": x[None]}], r"calibration_batches\[1\]: 'x' has shape \(1, 32, 12\)"),
+    ]
+    for bad, match in cases:
+        with pytest.raises(ValueError, match=match):
+            prune_oneshot(fn, params, bad, method="wanda")
+    assert calls == []
+    # Only the batch axis may differ.
+    _, masks = prune_oneshot(_MLP().apply, params, [x, x[:8]], method="wanda")
+    assert masks["params"]["Dense_0"]["kernel"].shape == (12, 16)
+
+
+def test_runner_progress_bar(monkeypatch):
+    import sys
+    import types
+
+    params, batches = _mlp_setup()
+    events = []
+
+    class FakeBar:
+        def __init__(self, total, desc, unit):
+            events.append(("open", total, desc, unit))
+
+        def set_postfix_str(self, s, refresh=True):
+            events.append(("layer", s))
+
+        def update(self, n):
+            events.append(("update", n))
+
+        def close(self):
+            events.append(("close",))
+
+    monkeypatch.setitem(sys.modules, "tqdm", types.SimpleNamespace(tqdm=FakeBar))
+    prune_oneshot(_MLP().apply, params, batches, method="magnitude", progress=True)
+    assert events == [
+        ("open", 2, "prune_oneshot (magnitude)", "layer"),
+        ("layer", "params/Dense_0/kernel"),
+        ("update", 1),
+        ("layer", "params/Dense_1/kernel"),
+        ("update", 1),
+        ("close",),
+    ]
+    events.clear()
+    prune_oneshot(_MLP().apply, params, batches, method="magnitude")  # default: no bar
+    assert events == []
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # not installed: a warning, no bar
+    with pytest.warns(UserWarning, match="progress=True shows a bar only when tqdm"):
+        _, masks = prune_oneshot(_MLP().apply, params, batches, method="magnitude", progress=True)
+    assert masks["params"]["Dense_1"]["kernel"].shape == (16, 8)
+    with pytest.raises(TypeError, match="progress must be a bool"):
+        prune_oneshot(_MLP().apply, params, batches, progress="yes")
+    with pytest.raises(TypeError, match="mesh must be a jax.sharding.Mesh or None"):
+        prune_oneshot(_MLP().apply, params, batches, method="wanda", mesh=jax.devices())
+
+
+def test_runner_data_parallel_equals_one_device():
+    """8 fake devices in a process of their own (XLA_FLAGS is read when jax is imported)."""
+    script = Path(__file__).with_name("oneshot_sharding_check.py")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    result = subprocess.run(
+        [sys.executable, "-W", "error", str(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "oneshot sharding check passed" in result.stdout

@@ -4,6 +4,9 @@ The TensorFlow recipes users know (``weight_pruning`` and ``unit_pruning`` from 
 Stack Overflow answer) zero the ``k%`` smallest weights or columns of one matrix. Here the same
 is done over a whole params tree, with tfmot's kept-count rule (:mod:`jaxprune._src.masks`) and
 the leaf selection rules of the rest of jaxprune (:mod:`jaxprune._src.leaf_rules`).
+
+:func:`magnitude_prune` is the one implementation of magnitude pruning: :func:`prune_weights`
+and ``prune_oneshot(method="magnitude")`` both call it.
 """
 
 from __future__ import annotations
@@ -33,6 +36,45 @@ def _global_masks(leaves: list[Array], sparsity: ArrayLike) -> list[Array]:
 
 def _zero_pruned(x: Array, mask: Array) -> Array:
     return jnp.where(mask, x, jnp.zeros((), x.dtype))
+
+
+def magnitude_masks(
+    leaves: list[Array],
+    sparsity: ArrayLike,
+    *,
+    scope: str = "layer",
+    n_m: tuple[int, int] | None = None,
+    axes: list[int] | None = None,
+) -> list[Array]:
+    """The magnitude masks of :func:`prune_weights` and ``prune_oneshot(method="magnitude")``.
+
+    Unstructured (``n_m=None``): tfmot's rule per leaf (``scope="layer"``) or over all leaves
+    together (``"global"``). N:M: :func:`jaxprune.nm_mask` of each leaf along ``axes[i]``.
+    Arguments are validated by the callers.
+    """
+    if n_m is None:
+        compute = _layer_masks if scope == "layer" else _global_masks
+        return list(compute(list(leaves), sparsity))
+    n, m = n_m
+    axes = [-2] * len(leaves) if axes is None else axes
+    return [structured.nm_mask(x, n, m, axis=a) for x, a in zip(leaves, axes, strict=True)]
+
+
+def magnitude_prune(
+    leaves: list[Array],
+    sparsity: ArrayLike,
+    *,
+    scope: str = "layer",
+    n_m: tuple[int, int] | None = None,
+    axes: list[int] | None = None,
+) -> tuple[list[Array], list[Array]]:
+    """``(pruned leaves, masks)``: :func:`magnitude_masks`, pruned entries set to ``+0``.
+
+    The one implementation of magnitude pruning behind :func:`prune_weights` and
+    ``prune_oneshot(method="magnitude")``.
+    """
+    masks = magnitude_masks(leaves, sparsity, scope=scope, n_m=n_m, axes=axes)
+    return [_zero_pruned(x, mk) for x, mk in zip(leaves, masks, strict=True)], masks
 
 
 def _assemble(params: Params, rule: Any, compute: Any) -> tuple[Params, Masks]:
@@ -69,6 +111,8 @@ def prune_weights(
     weight with :math:`|w| \ge` the k-th largest magnitude survives (ties kept).
     ``scope="layer"`` ranks each selected leaf on its own; ``scope="global"`` ranks all
     selected leaves together (:func:`jaxprune.global_magnitude_masks`).
+    :func:`jaxprune.prune_oneshot` with ``method="magnitude"`` runs the same code on the
+    layers it finds (per layer, as ``scope="layer"``).
 
     Args:
       params: a pytree of arrays (e.g. a Flax ``params`` dict).
@@ -100,8 +144,9 @@ def prune_weights(
     if scope not in _SCOPES:
         raise ValueError(f"scope must be one of {_SCOPES}, got {scope!r}")
     rule = leaf_rules.compile_rule(prune, "prune")
-    compute = _layer_masks if scope == "layer" else _global_masks
-    return _assemble(params, rule, lambda leaves, paths: compute(leaves, sparsity))
+    return _assemble(
+        params, rule, lambda leaves, paths: magnitude_masks(leaves, sparsity, scope=scope)
+    )
 
 
 def prune_units(
