@@ -740,6 +740,8 @@ def test_runner_blocks_owl_and_errors():
         )
     with pytest.raises(TypeError, match="blocks must be a regex string"):
         prune_oneshot(fn, params, batches, method="wanda", blocks=3)
+    with pytest.raises(ValueError, match=r"blocks='layer_\\\\d' matches none of the layers"):
+        prune_oneshot(fn, params, batches, method="wanda", blocks=r"layer_\d")
     with pytest.raises(ValueError, match="blocks is not a valid regular expression"):
         prune_oneshot(fn, params, batches, method="wanda", blocks="(")
     with pytest.raises(TypeError, match="blocks must return a hashable block key"):

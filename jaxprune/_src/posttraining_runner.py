@@ -626,6 +626,11 @@ def _groups(order, sites, paths, blocks) -> list[list[int]]:
             )
         groups.append([s])
         keys.append(key)
+    if isinstance(blocks, re.Pattern) and all(k is None for k in keys):
+        raise ValueError(
+            f"blocks={blocks.pattern!r} matches none of the layers "
+            f"{[paths[sites[s].leaf] for s in order]}"
+        )
     return groups
 
 
@@ -746,10 +751,10 @@ def prune_oneshot(
         ``n_m``, an invalid ``n_m`` (or ``m`` not dividing a layer's inputs), ``owl`` with
         ``n_m``, no calibration batch, batches of different structure, dtypes or shapes
         (naming the batch), NaN or inf in the calibration data or in a layer's inputs, a
-        ``layers`` or ``blocks`` regex that does not compile, a ``layers`` rule matching no
-        layer, blocks whose layers are not consecutive, a batch axis that the mesh does not
-        divide, or a selected leaf that is read by more than one operation (tied weights),
-        inside a scan/while/cond, or by a grouped convolution.
+        ``layers`` or ``blocks`` regex that does not compile or matches no layer, blocks whose
+        layers are not consecutive, a batch axis that the mesh does not divide, or a selected
+        leaf that is read by more than one operation (tied weights), inside a
+        scan/while/cond, or by a grouped convolution.
       TypeError: for ``layers``/``blocks``/``mesh`` of the wrong type, a ``blocks`` callable
         returning an unhashable key, or a non-bool ``sequential``/``owl``/``progress``.
 
