@@ -17,8 +17,14 @@ Usage::
     python benchmarks/results.py --only 'mlp/rigl-*' --only cnn/dense
     python benchmarks/results.py --list            # the row names
 
-Writes ``benchmarks/RESULTS.md`` (the table), ``benchmarks/results.json`` (every number) and
-``benchmarks/results_mlp.png`` / ``results_cnn.png`` (accuracy against sparsity).
+Fisher pruning rows (``fisher-<rule>-<FLOPs %>``) come four to a pruning run: one run per
+rule and model prunes to every level of ``FLOPs kept``. Compaction rows
+(``compact-l2-50``) also record parameters and the measured latency of the compacted model.
+
+Writes ``benchmarks/RESULTS.md`` (the table), ``benchmarks/results.json`` (every number),
+``benchmarks/results_mlp.png`` / ``results_cnn.png`` (accuracy against sparsity) and
+``results_flops_mlp.png`` / ``results_flops_cnn.png`` (Fisher pruning and compaction:
+accuracy against the FLOPs kept).
 """
 
 from __future__ import annotations
