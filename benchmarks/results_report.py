@@ -426,9 +426,10 @@ METHOD_NOTES = [
     "channels are folded into zeros of the weights that produce and read them "
     "(`group_weight_masks` of the dependency groups), and it is fine-tuned for 10% of the "
     "training steps with those zeros fixed, as the one-shot *+ fine-tune* rows. β = 0 ranks "
-    "channels by their Fisher signal alone; the FLOP-aware rule is the one docs/fisher.md "
-    'recommends, signal ÷ FLOPs saved (`criterion="ratio"`), which has no β to choose (the '
-    "`signal − β · FLOPs` form would need a β per model). The seeds run vmapped. A row's time "
+    "channels by their Fisher signal alone; the FLOP-aware rule is docs/fisher.md's "
+    "hyperparameter-free one, the one examples/fisher_digits.py runs: signal ÷ FLOPs saved "
+    '(`criterion="ratio"`), so there is no β to choose (the `signal − β · FLOPs` form would '
+    "need a β per model). The seeds run vmapped. A row's time "
     "is the pruning run up to the step the last seed reached its level, plus its fine-tune, "
     "÷ the dense training time. Removing one channel at a time takes hundreds of steps (the "
     "table under each model gives the step at which the last seed reached each level), all "
@@ -438,8 +439,9 @@ METHOD_NOTES = [
     "than with dense.",
     "",
     "Compaction rows: for each seed's trained dense model, `jp.dependency_groups` (the MLP's "
-    "two hidden layers; the CNN's two conv layers, whose channels also index the flattened "
-    "input of the first dense layer, and its two hidden dense layers), channels scored by the "
+    "two hidden layers; the CNN's two conv layers, the second's channels also indexing the "
+    "flattened input of the first dense layer, and its two hidden dense layers), channels "
+    "scored by the "
     "L2 norm of all their weights across the group (`jp.group_scores`, the same criterion for "
     "both models), 50% kept in every group (`jp.group_masks`), `jp.compact`, then 10% of the "
     "training steps of fine-tuning of the small model itself (the seeds vmapped). Sparsity is "
