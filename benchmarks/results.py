@@ -17,8 +17,14 @@ Usage::
     python benchmarks/results.py --only 'mlp/rigl-*' --only cnn/dense
     python benchmarks/results.py --list            # the row names
 
-Writes ``benchmarks/RESULTS.md`` (the table), ``benchmarks/results.json`` (every number) and
-``benchmarks/results_mlp.png`` / ``results_cnn.png`` (accuracy against sparsity).
+Fisher pruning rows (``fisher-<rule>-<FLOPs %>``) come four to a pruning run: one run per
+rule and model prunes to every level of ``FLOPs kept``. Compaction rows
+(``compact-l2-50``) also record parameters and the measured latency of the compacted model.
+
+Writes ``benchmarks/RESULTS.md`` (the table), ``benchmarks/results.json`` (every number),
+``benchmarks/results_mlp.png`` / ``results_cnn.png`` (accuracy against sparsity) and
+``results_flops_mlp.png`` / ``results_flops_cnn.png`` (Fisher pruning and compaction:
+accuracy against the FLOPs kept).
 """
 
 from __future__ import annotations
@@ -85,6 +91,8 @@ METHODS = (
     "rigl",
     "acdc",
     "oneshot",
+    "fisher",
+    "compact",
 )
 SPARSE_TRAINING = (
     ("random_pruning", {}),
@@ -111,7 +119,12 @@ QUICK_ROWS = (
     "oneshot-magnitude-50",
     "oneshot-wanda-50",
     "oneshot-sparsegpt-50",
+    *(f"fisher-{rule}-{round(100 * lv)}" for rule in ("b0", "ratio") for lv in rt.FISHER_LEVELS),
+    "compact-l2-50",
 )
+# Fisher pruning's two rules: the signal alone (beta = 0) and the FLOP-aware rule that
+# docs/fisher.md recommends, signal / FLOPs saved ("ratio"), which has no beta to choose.
+FISHER_RULES = (("b0", {"criterion": "difference", "beta": 0.0}), ("ratio", {"criterion": "ratio"}))
 
 
 def row_name(method: str, extra: dict, sparsity: float, dist: str) -> str:
@@ -192,7 +205,47 @@ def all_rows() -> list[dict]:
                         "finetune": finetune,
                     }
                 )
+    for rule, options in FISHER_RULES:
+        for level in rt.FISHER_LEVELS:
+            rows.append(
+                {
+                    "name": f"fisher-{rule}-{round(100 * level)}",
+                    "group": "Fisher pruning",
+                    "method": "fisher",
+                    "rule": rule,
+                    **options,
+                    "flops_kept": level,
+                }
+            )
+    rows.append(
+        {
+            "name": "compact-l2-50",
+            "group": "structural compaction",
+            "method": "compact",
+            "criterion": "l2",
+            "sparsity": 0.5,  # of the channels of every dependency group
+        }
+    )
     return rows
+
+
+def method_settings(row: dict, steps: int) -> dict:
+    """The settings of a row's method that its numbers depend on, beyond the row and budget."""
+    if row["method"] in ("set", "rigl"):
+        update_every, end_step = rt.dst_interval(steps)
+        return {"update_every": update_every, "end_step": end_step}
+    if row["method"] == "fisher":
+        return {
+            "fisher": {
+                "decay": rt.FISHER_DECAY,
+                "burn_in": rt.FISHER_BURN_IN,
+                "frequency": rt.FISHER_FREQUENCY,
+                "levels": list(rt.FISHER_LEVELS),
+            }
+        }
+    if row["method"] == "compact":
+        return {"latency": {"batch": rt.LATENCY_BATCH, "repeats": rt.LATENCY_REPEATS}}
+    return {}
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -378,9 +431,22 @@ def lr_of(budget: rt.Budget) -> dict:
 
 
 def run_row(model_name, row, data, budget, args, results, dense_cache) -> rt.Outcome:
-    """Trains (or prunes) one row and measures it."""
+    """Trains (or prunes) one row and measures it.
+
+    ``dense_cache`` holds this run's dense params by model name, and the Fisher curves by
+    ``(model name, rule)``: one pruning run gives the rows of every level of a rule.
+    """
     model = rt.MODELS[model_name]()
     spec = {**row, **lr_of(budget)}
+    if row["method"] == "fisher":
+        key = (model_name, "fisher", row["rule"])
+        if key not in dense_cache:
+            dense = dense_params(model_name, model, data, budget, args, results, dense_cache)
+            dense_cache[key] = rt.fisher_curve(model_name, dense, spec, data, budget)
+        return dense_cache[key][row["flops_kept"]]
+    if row["method"] == "compact":
+        dense = dense_params(model_name, model, data, budget, args, results, dense_cache)
+        return rt.compaction(model_name, dense, spec, data, budget)
     if row["method"] != "oneshot":
         params, seconds = rt.train(model, spec, data, budget)
         if row["method"] == "dense":
@@ -435,6 +501,7 @@ def main(argv: list[str] | None = None) -> int:
             key = f"{args.budget}/{model_name}/{row['name']}"
             config = config_of(model_name, row, budget_dict, len(data.x_train), len(data.x_test))
             config["steps"] = rt.total_steps(data, budget)
+            config.update(method_settings(row, config["steps"]))
             if is_done(results, key, config):
                 print(f"{key}: in {args.json.name}, skipped", flush=True)
                 continue
@@ -450,6 +517,8 @@ def main(argv: list[str] | None = None) -> int:
                 "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                 "load_average": os.getloadavg()[0],
             }
+            if out.extra:
+                results["rows"][key]["extra"] = out.extra
             save_results(args.json, results)
             ran += 1
             acc = results["rows"][key]["accuracy"]

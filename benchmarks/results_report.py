@@ -21,7 +21,10 @@ DESCRIPTIONS = {
     "rigl": "RigL",
     "acdc": "AC/DC",
     "oneshot": "one-shot",
+    "fisher": "Fisher pruning",
+    "compact": "structural compaction",
 }
+FISHER_LABELS = {"b0": "Fisher, β = 0", "ratio": "Fisher, FLOP-aware (signal ÷ FLOPs)"}
 
 
 def _fmt(stat: dict, scale: float = 1.0, digits: int = 2) -> str:
@@ -98,11 +101,19 @@ def check_targets(rows: dict, budget: str, models: list[str]) -> tuple[list[str]
             )
             if not ok:
                 mark(f"{budget}/{model}/oneshot-{crit}-50", "✗ not well above magnitude")
+        for key, r in rows.items():
+            if key.startswith(f"{budget}/{model}/fisher-"):
+                if None in r.get("extra", {}).get("reached_at_step", []):
+                    mark(key, "✗ FLOPs level not reached by every seed")
     return lines, marks
 
 
 def _row_label(row: dict) -> str:
     label = DESCRIPTIONS[row["method"]]
+    if row["method"] == "fisher":
+        return FISHER_LABELS[row["rule"]]
+    if row["method"] == "compact":
+        return f"compacted, {row['criterion'].upper()} group scores, + fine-tune"
     if row["method"] == "oneshot":
         label = f"{row['criterion']} {row['pattern'].replace('50', '50%')}"
         return label + (" + fine-tune" if row["finetune"] else "")
@@ -133,6 +144,10 @@ def table(rows: dict, budget: str, model: str, order: list[dict], marks: dict) -
         target = f"{100 * row['sparsity']:g}%" if row.get("sparsity") else "—"
         if row.get("pattern") == "2:4" or row.get("structure") == "nm24":
             target = "2:4"
+        if row["method"] == "fisher":
+            target = f"{100 * row['flops_kept']:g}% FLOPs"
+        elif row["method"] == "compact":
+            target = f"{100 * row['sparsity']:g}% channels"
         out.append(
             f"| `{row['name']}` | {_row_label(row)} | {target} | {_fmt(r['accuracy'])} "
             f"| {_fmt(r['sparsity'], 100, 1)} | {flops / 1e6:.3f}{rel} | {ratio} "
@@ -150,7 +165,7 @@ def plot(rows: dict, budget: str, model: str, order: list[dict], path: Path) -> 
     series: dict[str, list] = {}
     for row in order:
         r = _get(rows, budget, model, row["name"])
-        if r is None or row["method"] == "dense":
+        if r is None or row["method"] in ("dense", "fisher", "compact"):  # FLOPs plot
             continue
         label = _row_label(row)
         if row["method"] == "gradual" and not row.get("structure") and not row.get("distribution"):
@@ -186,6 +201,111 @@ def plot(rows: dict, budget: str, model: str, order: list[dict], path: Path) -> 
     if dense:
         ax.set_ylim(max(min(lows) - 1, dense["accuracy"]["mean"] - 15), None)
     ax.legend(fontsize="x-small", ncol=2, loc="lower left")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def structural_tables(rows: dict, budget: str, model: str, order: list[dict]) -> list[str]:
+    """Fisher rows' channels kept per layer; compaction rows' parameters and latency."""
+    out = []
+    fisher = [(row, _get(rows, budget, model, row["name"])) for row in order]
+    fisher = [(row, r) for row, r in fisher if r and row["method"] == "fisher" and "extra" in r]
+    if fisher:
+        out += [
+            "Fisher pruning: channels kept per hidden layer (mean over seeds), the FLOPs of the "
+            "masked model when it was recorded (`count_flops` with the channel masks, % of "
+            "dense) and the pruning step at which the last seed reached the level:",
+            "",
+            "| row | kept channels per layer | channel FLOPs % | reached at step |",
+            "| --- | --- | --- | --- |",
+        ]
+        for row, r in fisher:
+            e = r["extra"]
+            kept = [sum(k) / len(k) for k in zip(*e["kept_channels"], strict=True)]
+            steps = e["reached_at_step"]
+            reached = "not reached" if None in steps else str(max(steps))
+            flops = 100 * sum(e["channel_flops"]) / len(e["channel_flops"])
+            out.append(
+                f"| `{row['name']}` | {' / '.join(f'{k:.1f}' for k in kept)} | {flops:.1f} "
+                f"| {reached} |"
+            )
+        out.append("")
+    for row in order:
+        r = _get(rows, budget, model, row["name"])
+        if not r or row["method"] != "compact" or "extra" not in r:
+            continue
+        e, lat = r["extra"], r["extra"]["latency"]
+        out += [
+            f"Compaction (`{row['name']}`): the compacted model against the dense one; "
+            f"latency of one jitted forward pass of {lat['batch']} test images, median of "
+            f"{lat['repeats']} timings interleaved with the dense model's (ratio: median of "
+            "the per-pair ratios), seed 0's model:",
+            "",
+            "| | dense | compacted | ratio |",
+            "| --- | ---: | ---: | ---: |",
+            f"| parameters | {e['params_dense']:,} | {e['params_compact']:,} "
+            f"| {e['params_compact'] / e['params_dense']:.3f} |",
+            f"| forward FLOPs (one image) | {e['flops_dense']:,.0f} | "
+            f"{r['flops']['mean']:,.0f} | {r['flops']['mean'] / e['flops_dense']:.3f} |",
+            f"| latency, ms | {lat['dense_ms']:.3f} | {lat['compact_ms']:.3f} "
+            f"| {lat['ratio']:.3f} |",
+            "",
+            "Compacted shapes: "
+            + ", ".join(f"`{k}` {tuple(v)}" for k, v in e["shapes"].items() if len(v) >= 2)
+            + ".",
+            "",
+        ]
+    return out
+
+
+def flops_plot(rows: dict, budget: str, model: str, order: list[dict], path: Path) -> bool:
+    """Accuracy against the FLOPs kept: Fisher pruning (both rules) and compaction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dense = _get(rows, budget, model, "dense")
+    series: dict[str, list] = {}
+    for row in order:
+        r = _get(rows, budget, model, row["name"])
+        if r is None or row["method"] not in ("fisher", "compact") or "extra" not in r:
+            continue
+        series.setdefault(_row_label(row), []).append(
+            (
+                100 * r["flops"]["mean"] / r["extra"]["flops_dense"],
+                r["accuracy"]["mean"],
+                r["accuracy"]["std"],
+            )
+        )
+    if not series:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 5.5), layout="constrained")
+    if dense:
+        d = dense["accuracy"]
+        ax.errorbar([100], [d["mean"]], yerr=[d["std"]], marker="*", color="black", capsize=2)
+        ax.axhline(d["mean"], color="black", linestyle=":", label="dense")
+    markers = "osD^v"
+    for i, (label, pts) in enumerate(sorted(series.items())):
+        pts.sort()
+        xs, ys, es = zip(*pts, strict=True)
+        ax.errorbar(
+            xs,
+            ys,
+            yerr=es,
+            marker=markers[i % len(markers)],
+            linestyle="-" if len(pts) > 1 else "none",
+            markersize=7,
+            capsize=2,
+            label=label,
+        )
+    ax.set_xlabel("forward FLOPs of one image (% of dense), jp.count_flops")
+    ax.set_ylabel("test accuracy (%), mean ± std over seeds")
+    ax.set_title(f"Fisher pruning and compaction, {MODEL_TITLES[model]}, budget '{budget}'")
+    ax.set_xlim(0, 105)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="lower right")
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
@@ -240,6 +360,13 @@ def write_report(results: dict, md: Path, plots: Path, order: list[dict]) -> Non
             if budget == budgets[0] and plot(rows, budget, model, order, png):
                 lines += ["", f"![accuracy against sparsity, {model}](results_{model}.png)"]
             lines.append("")
+            extra = structural_tables(rows, budget, model, order)
+            if extra:
+                lines += extra
+            png = plots / f"results_flops_{model}.png"
+            if budget == budgets[0] and flops_plot(rows, budget, model, order, png):
+                name = f"results_flops_{model}.png"
+                lines += [f"![accuracy against FLOPs kept, {model}]({name})", ""]
     _atomic_write(md, "\n".join(lines) + "\n")
 
 
@@ -251,7 +378,10 @@ METHOD_NOTES = [
     "decay from 0% over the middle half of training (dense for the first quarter, about 100 "
     "mask updates, fine-tuning at the target for the last quarter). static, SET and RigL are "
     "sparse from the first step (SET and RigL: drop fraction 0.3, a mask update every 1% of "
-    "the steps, until 75%). AC/DC: a 10% dense warm-up, three compressed/decompressed cycles "
+    "the steps but never more often than every 25 steps, until 75% of the steps; the same "
+    "rule for every budget, so that the connections an update grows train before the next "
+    "update judges them: 25 steps in the quick budget, 3 mask updates for the CNN and 14 for "
+    "the MLP). AC/DC: a 10% dense warm-up, three compressed/decompressed cycles "
     "of 10% phases, a final 30% compressed. SR-STE: λ = 2e-4. ERK rows exist only for the "
     "methods that take per-leaf targets (the STE, saliency and movement algorithms take one "
     "schedule for every leaf).",
@@ -284,8 +414,39 @@ METHOD_NOTES = [
     "deviations); one-shot at 50% without fine-tune: Wanda and SparseGPT at least 1 point "
     "(and more than the summed standard deviations) above magnitude.",
     "",
-    "Fisher pruning and structural compaction are not in this table yet: they will be added "
-    "as their own rows.",
+    "Fisher rows (Theis et al. 2018) prune whole channels of each seed's trained dense model "
+    "(the `dense` row's) while fine-tuning it: a `ChannelMask` after every hidden layer's "
+    "ReLU (both conv layers and both hidden dense layers of the CNN, both hidden layers of "
+    "the MLP; never the classifier), Adam then `jp.fisher_pruning` in one chain, the "
+    "per-example mask gradients from the same backward pass as the parameter gradients. "
+    "After a burn-in of 50 steps (2 / (1 − decay), decay 0.96) one channel is removed every "
+    "2 steps, until `jp.count_flops` of the masked model (one image) is at most 30% of "
+    "dense. One run per rule gives the four rows of that rule: each seed's model is "
+    "recorded on the step its FLOPs first reach 90%, 70%, 50% and 30% of dense, its removed "
+    "channels are folded into zeros of the weights that produce and read them "
+    "(`group_weight_masks` of the dependency groups), and it is fine-tuned for 10% of the "
+    "training steps with those zeros fixed, as the one-shot *+ fine-tune* rows. β = 0 ranks "
+    "channels by their Fisher signal alone; the FLOP-aware rule is docs/fisher.md's "
+    "hyperparameter-free one, the one examples/fisher_digits.py runs: signal ÷ FLOPs saved "
+    '(`criterion="ratio"`), so there is no β to choose (the `signal − β · FLOPs` form would '
+    "need a β per model). The seeds run vmapped. A row's time "
+    "is the pruning run up to the step the last seed reached its level, plus its fine-tune, "
+    "÷ the dense training time. Removing one channel at a time takes hundreds of steps (the "
+    "table under each model gives the step at which the last seed reached each level), all "
+    "of them training steps on top of the dense row's: with the quick budget's short dense "
+    "training (the CNN's quarter epoch especially) that extra training lifts Fisher rows "
+    "above the dense row, so compare the two rules with each other at equal FLOPs rather "
+    "than with dense.",
+    "",
+    "Compaction rows: for each seed's trained dense model, `jp.dependency_groups` (the MLP's "
+    "two hidden layers; the CNN's two conv layers, the second's channels also indexing the "
+    "flattened input of the first dense layer, and its two hidden dense layers), channels "
+    "scored by the "
+    "L2 norm of all their weights across the group (`jp.group_scores`, the same criterion for "
+    "both models), 50% kept in every group (`jp.group_masks`), `jp.compact`, then 10% of the "
+    "training steps of fine-tuning of the small model itself (the seeds vmapped). Sparsity is "
+    "the share of the dense kernels' weights removed; FLOPs are `jp.count_flops` of the "
+    "compacted model; parameters and latency are in the table under each model's.",
     "",
     "Runs:",
     "",

@@ -22,20 +22,51 @@ import optax
 
 import jaxprune as jp
 
+# Where a later jaxprune moves a name into a subpackage (``jaxprune.fisher``,
+# ``jaxprune.structural``), take it from there; older layouts export it at the top level.
+FISHER_API = getattr(jp, "fisher", jp)
+STRUCTURAL_API = getattr(jp, "structural", jp)
+
 # Sparse-training algorithms at their papers' defaults, the same for every model and sparsity.
 DROP_FRACTION = 0.3  # RigL and SET (Evci et al. 2020)
 SR_STE_LAMBDA = 2e-4  # SR-STE (Zhou et al. 2021)
 CALIBRATION_BATCHES = 4  # one-shot: batches of the training set, batch size as in training
+# SET and RigL: a mask update every 1% of the steps, but never more often than every
+# DST_MIN_INTERVAL steps (the quick budget's 1% is a handful of steps, too few to train the
+# connections a mask update grows), the same rule for every budget.
+DST_MIN_INTERVAL = 25
+# Fisher pruning (Theis et al. 2018) of the trained dense model while fine-tuning: after a
+# burn-in of 2 / (1 - decay) steps (docs/fisher.md: a few 1/(1 - decay) steps, for the moving
+# average of the signals to fill), one feature every FISHER_FREQUENCY steps, until the FLOPs
+# (jp.count_flops of the masked model, one image) are at most the lowest level; the model is
+# recorded when it first reaches each level, then fine-tuned like a one-shot row.
+FISHER_DECAY = 0.96  # the default, the seed's
+FISHER_BURN_IN = 50
+FISHER_FREQUENCY = 2
+FISHER_LEVELS = (0.9, 0.7, 0.5, 0.3)  # fractions of the dense FLOPs
+FISHER_CHUNK = 25  # steps per compiled call between host checks (snapshots stay on device)
+# Compaction: latency of one jitted forward pass of a batch of LATENCY_BATCH test images, dense
+# and compacted timed alternately LATENCY_REPEATS times after LATENCY_WARMUP calls each.
+LATENCY_BATCH = 128
+LATENCY_REPEATS = 100
+LATENCY_WARMUP = 3
+
+
+def _mask(masked: bool) -> Callable[[jax.Array], jax.Array]:
+    """A ``ChannelMask`` (variable collection ``channel_masks``) or the identity."""
+    return FISHER_API.ChannelMask() if masked else (lambda h: h)
 
 
 class MLP(nn.Module):
-    """LeNet-300-100."""
+    """LeNet-300-100. ``masked``: a channel mask after each hidden layer (Fisher pruning)."""
+
+    masked: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.reshape(x.shape[0], -1)
-        x = nn.relu(nn.Dense(300)(x))
-        x = nn.relu(nn.Dense(100)(x))
+        x = _mask(self.masked)(nn.relu(nn.Dense(300)(x)))
+        x = _mask(self.masked)(nn.relu(nn.Dense(100)(x)))
         return nn.Dense(10)(x)
 
 
@@ -71,21 +102,31 @@ def max_pool2(x: jax.Array) -> jax.Array:
 
 
 class CNN(nn.Module):
-    """LeNet-5: 5x5 convolutions (6, 16 channels) with 2x2 max pooling, then 400-120-84-10."""
+    """LeNet-5: 5x5 convolutions (6, 16 channels) with 2x2 max pooling, then 400-120-84-10.
+
+    ``masked``: a channel mask after each hidden layer's ReLU (Fisher pruning).
+    """
+
+    masked: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         x = jnp.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)))  # 32x32, as LeNet-5's input
-        x = max_pool2(nn.relu(PatchConv(6)(x)))  # 14x14x6
-        x = max_pool2(nn.relu(PatchConv(16)(x)))  # 5x5x16
+        x = max_pool2(_mask(self.masked)(nn.relu(PatchConv(6)(x))))  # 14x14x6
+        x = max_pool2(_mask(self.masked)(nn.relu(PatchConv(16)(x))))  # 5x5x16
         x = x.reshape(x.shape[0], -1)
-        x = nn.relu(nn.Dense(120)(x))
-        x = nn.relu(nn.Dense(84)(x))
+        x = _mask(self.masked)(nn.relu(nn.Dense(120)(x)))
+        x = _mask(self.masked)(nn.relu(nn.Dense(84)(x)))
         return nn.Dense(10)(x)
 
 
 MODELS = {"mlp": MLP, "cnn": CNN}
 HEAD = "Dense_2"  # the classifier of both models
+# The hidden layers, in call order: ChannelMask_k of the masked model follows HIDDEN[model][k].
+HIDDEN = {
+    "mlp": ("Dense_0", "Dense_1"),
+    "cnn": ("PatchConv_0", "PatchConv_1", "Dense_0", "Dense_1"),
+}
 
 
 class Budget(NamedTuple):
@@ -111,6 +152,7 @@ class Outcome(NamedTuple):
     flops: list[float]  # forward pass, batch 1, with the masks of those zeros
     seconds: float  # training (or calibration + pruning [+ fine-tune]) time, all seeds
     params: Any = None  # forward params, stacked over seeds
+    extra: dict | None = None  # numbers of the row's own (Fisher, compaction), JSON-ready
 
 
 def prepare(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -219,8 +261,7 @@ def build_method(spec: dict, params: Any, steps: int) -> tuple[Callable, str]:
         return (lambda extra: optax.chain(adam, tx)), "chain"
     if method in ("static", "set", "rigl"):
         target = sparsities(params, s, dist) if dist == "erk" else s
-        update_every = max(1, steps // 100)
-        end_step = 3 * steps // 4
+        update_every, end_step = dst_interval(steps)
 
         def make(key):
             if method == "static":
@@ -249,6 +290,16 @@ def build_method(spec: dict, params: Any, steps: int) -> tuple[Callable, str]:
     if method == "fixed_masks":
         return (lambda masks: optax.chain(adam, fixed_masks(masks))), "chain"
     raise ValueError(f"unknown method {method!r}")
+
+
+def dst_interval(steps: int) -> tuple[int, int]:
+    """SET and RigL: ``(update_every, end_step)`` of a run of ``steps`` updates.
+
+    A mask update every 1% of the steps but at least every ``DST_MIN_INTERVAL`` steps, until
+    75% of the run (runs shorter than ``DST_MIN_INTERVAL + 1`` steps get no update).
+    """
+    update_every = max(DST_MIN_INTERVAL, steps // 100)
+    return update_every, max(3 * steps // 4, update_every + 1)
 
 
 def fixed_masks(masks: Any) -> optax.GradientTransformation:
@@ -295,12 +346,15 @@ def train(
     params: Any = None,
     extra: Any = None,
     steps: int | None = None,
+    apply: Callable | None = None,
 ) -> tuple[Any, float]:
     """Trains all seeds in one vmapped program; returns forward params (stacked) and seconds.
 
     ``params`` (stacked over seeds) defaults to a fresh initialisation; ``steps`` to the
-    budget's; ``extra`` to the seeds' method keys. The time excludes compilation.
+    budget's; ``extra`` to the seeds' method keys; ``apply(params, x) -> logits`` to the
+    model's. The time excludes compilation.
     """
+    apply = apply or (lambda p, x: model.apply({"params": p}, x))
     seeds = budget.seeds
     if params is None:
         params = init_params(model, seeds)
@@ -313,7 +367,7 @@ def train(
 
     def loss_fn(p, s, x, y):
         fp = jp.masked_params(p, s) if kind == "sparse" else p
-        logits = model.apply({"params": fp}, x)
+        logits = apply(fp, x)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
     def run_seed(p, s, ex, order, x_all, y_all):
@@ -356,15 +410,21 @@ def train(
     return params, seconds
 
 
-def evaluate(model: nn.Module, params: Any, data: Data, seconds: float) -> Outcome:
-    """Accuracy, kernel sparsity and masked forward FLOPs (batch 1) of each seed."""
+def evaluate(
+    model: nn.Module, params: Any, data: Data, seconds: float, apply: Callable | None = None
+) -> Outcome:
+    """Accuracy, kernel sparsity and masked forward FLOPs (batch 1) of each seed.
+
+    ``apply(params, x) -> logits`` defaults to the model's.
+    """
+    apply = apply or (lambda p, x: model.apply({"params": p}, x))
 
     @jax.jit
     @jax.vmap
     def correct(p):
         def chunk(carry, xy):
             x, y = xy
-            return carry + jnp.sum(jnp.argmax(model.apply({"params": p}, x), -1) == y), None
+            return carry + jnp.sum(jnp.argmax(apply(p, x), -1) == y), None
 
         x = jnp.asarray(data.x_test)
         y = jnp.asarray(data.y_test)
@@ -377,14 +437,13 @@ def evaluate(model: nn.Module, params: Any, data: Data, seconds: float) -> Outco
     accuracy = [100.0 * float(c) / n_test for c in np.asarray(correct(params))]
     x1 = jnp.zeros((1, 28, 28, 1), jnp.float32)
 
-    def forward(p, x):
-        return model.apply({"params": p}, x)
-
+    forward = apply
     sparsity, flops = [], []
+    host = jax.device_get(params)  # numpy: no compilation for the per-seed slices and counts
     for i in range(len(accuracy)):
-        p = jax.tree.map(lambda a, i=i: a[i], params)
+        p = jax.tree.map(lambda a, i=i: a[i], host)
         kernels = [w for w in jax.tree.leaves(p) if w.ndim >= 2]
-        zeros = sum(int(jnp.sum(w == 0)) for w in kernels)
+        zeros = sum(int(np.sum(w == 0)) for w in kernels)
         sparsity.append(zeros / sum(math.prod(w.shape) for w in kernels))
         masks = jax.tree.map(lambda w: (w != 0) if w.ndim >= 2 else True, p)
         flops.append(float(jp.count_flops(forward, p, x1, weight_masks=(masks, None))))
@@ -424,3 +483,317 @@ def oneshot(
     seconds = len(times) * statistics.fmean(times[1:] or times)
     stack = lambda trees: jax.tree.map(lambda *a: jnp.stack(a), *trees)  # noqa: E731
     return stack(pruned), seconds, stack([kernel_masks(q) for q in pruned])
+
+
+# ----------------------------------------------------------------------------- Fisher pruning
+
+
+def _stack(trees: list) -> Any:
+    return jax.tree.map(lambda *a: np.stack(a), *trees)
+
+
+def _index(tree: Any, i: int | slice) -> Any:
+    return jax.tree.map(lambda a: np.asarray(a)[i], tree)
+
+
+def _forward(model: nn.Module) -> Callable:
+    return lambda p, x: model.apply({"params": p}, x)
+
+
+def _groups_by_layer(model_name: str, params: Any) -> dict:
+    """The dependency group of each hidden layer's output channels, by the layer's name."""
+    model = MODELS[model_name]()
+    groups = jp.dependency_groups(_forward(model), params, jnp.zeros((1, 28, 28, 1)))
+    by_layer = {}
+    for layer in HIDDEN[model_name]:
+        found = [g for g in groups if (f"{layer}/bias", 0) in g.members]
+        if len(found) != 1:
+            raise RuntimeError(f"{model_name}: no single dependency group for {layer}'s outputs")
+        by_layer[layer] = found[0]
+    return {"groups": groups, "by_layer": by_layer}
+
+
+def fold_channel_masks(
+    model_name: str, params: Any, masks: Any, structure: dict
+) -> tuple[Any, Any]:
+    """``(params with removed channels zeroed, bool weight masks)`` of one seed.
+
+    A removed channel (mask entry 0) is zeroed in every member of its dependency group
+    (``jp.group_weight_masks``): the kernel and bias that produce it and the next layer's
+    weights that read it. The plain model with these weights computes what the masked model
+    computes with these masks, and its zeros are those of a structurally pruned model.
+    """
+    keep = {}
+    for k, layer in enumerate(HIDDEN[model_name]):
+        alive = np.asarray(masks[f"ChannelMask_{k}"]["mask"]) > 0.5
+        keep[structure["by_layer"][layer].name] = alive
+    weight_masks = STRUCTURAL_API.group_weight_masks(params, structure["groups"], keep)
+    weight_masks = jax.tree.map(lambda m, w: np.broadcast_to(m, np.shape(w)), weight_masks, params)
+    folded = jax.tree.map(lambda w, m: np.asarray(w) * m, params, weight_masks)
+    return folded, weight_masks
+
+
+def fisher_curve(
+    model_name: str, dense: Any, spec: dict, data: Data, budget: Budget
+) -> dict[float, Outcome]:
+    """Fisher-prunes each seed's trained dense model to every level of ``FISHER_LEVELS``.
+
+    One run per seed (vmapped over the seeds): Adam then ``jp.fisher_pruning`` in one chain,
+    the per-example mask gradients from the same backward pass as the parameter gradients
+    (``fisher_value_and_grad``). The params and masks are recorded on device the first time a
+    seed's FLOPs reach each level; the run stops once every seed is at the lowest level. Each
+    recorded model has its removed channels folded into the weights (``fold_channel_masks``)
+    and is fine-tuned for ``finetune_fraction`` of the training steps with those zeros fixed,
+    the one-shot rows' fine-tune. A level's time is the pruning run's time up to the step the
+    last seed reached it, plus its fine-tune.
+    """
+    model, masked = MODELS[model_name](), MODELS[model_name](masked=True)
+    seeds = budget.seeds
+    x1 = jnp.zeros((1, 28, 28, 1), jnp.float32)
+    ones = jax.tree.map(
+        lambda a: jnp.ones(a.shape, a.dtype),
+        jax.eval_shape(masked.init, jax.random.key(0), x1)["channel_masks"],
+    )
+    one = _index(dense, 0)
+
+    def apply_masked(p, m, x):
+        return masked.apply({"params": p, "channel_masks": m}, x)
+
+    shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), one)
+    image = jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32)
+
+    def cost_fn(m):
+        return jp.count_flops(apply_masked, shapes, m, image, channel_argnums=1)
+
+    dense_flops = float(cost_fn(ones))
+    levels = [lv * dense_flops for lv in FISHER_LEVELS]
+    rule = {"criterion": "ratio"} if spec["criterion"] == "ratio" else {"beta": spec["beta"]}
+    tx = optax.chain(
+        optax.adam(spec["learning_rate"]),
+        jp.fisher_pruning(
+            ones,
+            frequency=FISHER_FREQUENCY,
+            burn_in=FISHER_BURN_IN,
+            decay=FISHER_DECAY,
+            cost_fn=cost_fn,
+            target_flops=levels[-1],
+            **rule,
+        ),
+    )
+
+    def losses(p, m, batch):
+        x, y = batch
+        return optax.softmax_cross_entropy_with_integer_labels(apply_masked(p, m, x), y)
+
+    value_and_grad = FISHER_API.fisher_value_and_grad(losses, batched=True)
+
+    def run_seed(carry, order, x_all, y_all):
+        def body(carry, idx):
+            p, s, snaps, reached = carry
+            masks = optax.tree.get(s, "channel_masks")
+            loss, (g, mg) = value_and_grad(p, masks, (x_all[idx], y_all[idx]))
+            u, s = tx.update(g, s, p, mask_grads=mg)
+            p = optax.apply_updates(p, u)
+            state = s[1]
+            new_snaps, new_reached = [], []
+            for level, snap, r in zip(levels, snaps, reached, strict=True):
+                hit = (r < 0) & (state.flops <= level)
+                now = (p, state.channel_masks, state.flops)
+                new_snaps.append(
+                    jax.tree.map(lambda a, b, hit=hit: jnp.where(hit, a, b), now, snap)
+                )
+                new_reached.append(jnp.where(hit, state.count, r))
+            return (p, s, tuple(new_snaps), jnp.stack(new_reached)), loss
+
+        return jax.lax.scan(body, carry, order)
+
+    n = len(seeds)
+    opt_state = jax.jit(jax.vmap(tx.init))(dense)
+    start_snap = (dense, _stack([ones] * n), np.full(n, dense_flops, np.float32))
+    snaps = tuple(start_snap for _ in levels)
+    reached = np.full((n, len(levels)), -1, np.int32)
+    carry = (dense, opt_state, snaps, reached)
+    features = sum(int(m.size) for m in jax.tree.leaves(ones))
+    max_steps = FISHER_BURN_IN + 1 + FISHER_FREQUENCY * features
+    chunks = math.ceil(max_steps / FISHER_CHUNK)
+    per_epoch = steps_per_epoch(data, budget)
+    epochs = math.ceil(chunks * FISHER_CHUNK / per_epoch)
+    orders = np.stack(
+        [np.concatenate([epoch_order(data, budget, s, e) for e in range(epochs)]) for s in seeds]
+    )
+    x_all, y_all = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+    run = jax.jit(jax.vmap(run_seed, in_axes=(0, 0, None, None)))
+    compiled = None
+    seconds, steps_run = 0.0, 0
+    for c in range(chunks):
+        order = jnp.asarray(orders[:, c * FISHER_CHUNK : (c + 1) * FISHER_CHUNK])
+        if compiled is None:
+            compiled = run.lower(carry, order, x_all, y_all).compile()
+        start = time.perf_counter()
+        carry, losses_ = compiled(carry, order, x_all, y_all)
+        jax.block_until_ready(carry)
+        seconds += time.perf_counter() - start
+        steps_run += FISHER_CHUNK
+        if np.all(np.asarray(carry[3]) >= 0):
+            break
+    if not np.all(np.isfinite(np.asarray(losses_))):
+        raise FloatingPointError(f"{spec}: the Fisher pruning loss is not finite")
+    final_p, final_state, snaps, reached = jax.device_get(carry)
+    final = (final_p, optax.tree.get(final_state, "channel_masks"), final_state[1].flops)
+
+    structure = _groups_by_layer(model_name, one)
+    folded, weight_masks, info = [], [], []
+    for j, level in enumerate(FISHER_LEVELS):
+        for i in range(n):
+            ok = reached[i, j] >= 0  # else: the run's last model, above the level
+            p, m, flops = _index(snaps[j] if ok else final, i)
+            fp, wm = fold_channel_masks(model_name, p, m, structure)
+            folded.append(fp)
+            weight_masks.append(wm)
+            info.append(
+                {
+                    "level": level,
+                    "reached_at_step": int(reached[i, j]) if ok else None,
+                    "channel_flops": float(flops) / dense_flops,
+                    "kept": [
+                        int(np.sum(m[f"ChannelMask_{k}"]["mask"] > 0.5))
+                        for k in range(len(HIDDEN[model_name]))
+                    ],
+                }
+            )
+    # The fine-tunes of every level and seed run together, vmapped; each uses its seed's batches.
+    ft_budget = budget._replace(seeds=tuple(seeds) * len(FISHER_LEVELS))
+    ft_steps = max(1, int(budget.finetune_fraction * total_steps(data, budget)))
+    tuned, ft_seconds = train(
+        model,
+        {"method": "fixed_masks", "learning_rate": spec["learning_rate"]},
+        data,
+        ft_budget,
+        params=_stack(folded),
+        extra=_stack(weight_masks),
+        steps=ft_steps,
+    )
+    out = evaluate(model, tuned, data, 0.0)
+    plain_flops = float(jp.count_flops(_forward(model), one, x1))
+    curve = {}
+    for j, level in enumerate(FISHER_LEVELS):
+        sl = slice(j * n, (j + 1) * n)
+        last = int(reached[:, j].max()) if np.all(reached[:, j] >= 0) else steps_run
+        level_seconds = seconds * last / steps_run + ft_seconds / len(FISHER_LEVELS)
+        per_seed = info[sl]
+        curve[level] = Outcome(
+            out.accuracy[sl],
+            out.sparsity[sl],
+            out.flops[sl],
+            level_seconds,
+            _index(tuned, slice(j * n, (j + 1) * n)),
+            {
+                "channel_flops": [d["channel_flops"] for d in per_seed],
+                "reached_at_step": [d["reached_at_step"] for d in per_seed],
+                "kept_channels": [d["kept"] for d in per_seed],
+                "pruning_steps_run": steps_run,
+                "finetune_steps": ft_steps,
+                "flops_dense": plain_flops,
+            },
+        )
+    return curve
+
+
+# ----------------------------------------------------------------------------- compaction
+
+
+def latency(fn_a: Callable, a: Any, fn_b: Callable, b: Any, x: Any) -> dict:
+    """Median ms of jitted ``fn_a(a, x)`` and ``fn_b(b, x)``, timed alternately."""
+    fa, fb = jax.jit(fn_a), jax.jit(fn_b)
+    x = jax.device_put(x)
+    for _ in range(LATENCY_WARMUP):
+        jax.block_until_ready(fa(a, x))
+        jax.block_until_ready(fb(b, x))
+    ta, tb = [], []
+    for _ in range(LATENCY_REPEATS):
+        t = time.perf_counter()
+        jax.block_until_ready(fa(a, x))
+        ta.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        jax.block_until_ready(fb(b, x))
+        tb.append(time.perf_counter() - t)
+    return {
+        "dense_ms": 1e3 * statistics.median(ta),
+        "compact_ms": 1e3 * statistics.median(tb),
+        "ratio": statistics.median(y / x for x, y in zip(ta, tb, strict=True)),
+        "repeats": LATENCY_REPEATS,
+        "batch": int(x.shape[0]),
+    }
+
+
+def compaction(model_name: str, dense: Any, spec: dict, data: Data, budget: Budget) -> Outcome:
+    """Removes ``spec["sparsity"]`` of the channels of every dependency group, compacts,
+    fine-tunes the small model, and measures it against the dense one.
+
+    Per seed: ``jp.dependency_groups`` of the trained dense model, channels scored by the
+    norm (``spec["criterion"]``) of all their weights across the group (``jp.group_scores``),
+    the same fraction kept in each group (``jp.group_masks``), then ``jp.compact``. Every
+    group keeps the same number of channels for every seed, so the small models share one
+    function and are fine-tuned together (vmapped) for ``finetune_fraction`` of the training
+    steps. Sparsity is the fraction of the dense model's kernel weights removed; FLOPs are
+    ``jp.count_flops`` of the compacted model; the latency is seed 0's.
+    """
+    model = MODELS[model_name]()
+    forward = _forward(model)
+    seeds = budget.seeds
+    x = jnp.asarray(data.x_train[: budget.batch_size])
+    small, small_fn, seconds = [], None, 0.0
+    for i in range(len(seeds)):
+        p = _index(dense, i)
+        start = time.perf_counter()
+        groups = jp.dependency_groups(forward, p, x)
+        scores = jp.group_scores(p, groups, criterion=spec["criterion"])
+        keep = jp.group_masks(scores, groups, sparsity=spec["sparsity"])
+        q, fn = jp.compact(forward, p, keep, x)
+        jax.block_until_ready(q)
+        seconds += time.perf_counter() - start
+        small_fn = small_fn or fn  # the same program for every seed: only shapes enter it
+        masked = jax.tree.map(
+            lambda w, m: w * m, p, STRUCTURAL_API.group_weight_masks(p, groups, keep)
+        )
+        got, want = np.asarray(small_fn(q, x)), np.asarray(forward(masked, x))
+        if not np.allclose(got, want, rtol=1e-4, atol=1e-4):
+            raise RuntimeError(f"{model_name}: the compacted model of seed {seeds[i]} differs")
+        small.append(q)
+    small = _stack(small)
+    ft_steps = max(1, int(budget.finetune_fraction * total_steps(data, budget)))
+    tuned, ft_seconds = train(
+        model,
+        {"method": "dense", "learning_rate": spec["learning_rate"]},
+        data,
+        budget,
+        params=small,
+        steps=ft_steps,
+        apply=small_fn,
+    )
+    out = evaluate(model, tuned, data, seconds + ft_seconds, apply=small_fn)
+
+    def kernel_size(tree):
+        return sum(int(w.size) for w in jax.tree.leaves(tree) if w.ndim >= 2)
+
+    def size(tree):
+        return sum(int(w.size) for w in jax.tree.leaves(tree))
+
+    one, small_one = _index(dense, 0), _index(tuned, 0)
+    removed = 1.0 - kernel_size(small_one) / kernel_size(one)
+    xb = jnp.asarray(data.x_test[:LATENCY_BATCH])
+    x1 = jnp.zeros((1, 28, 28, 1), jnp.float32)
+    return out._replace(
+        sparsity=[removed] * len(seeds),
+        extra={
+            "params_dense": size(one),
+            "params_compact": size(small_one),
+            "flops_dense": float(jp.count_flops(forward, one, x1)),
+            "latency": latency(forward, one, small_fn, small_one, xb),
+            "finetune_steps": ft_steps,
+            "shapes": {
+                "/".join(str(getattr(k, "key", k)) for k in path): list(a.shape)
+                for path, a in jax.tree_util.tree_flatten_with_path(small_one)[0]
+            },
+        },
+    )

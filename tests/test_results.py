@@ -150,3 +150,117 @@ def test_legacy_hparams_scaled():
     s = rt.legacy_hparams(1200, results.TF_CIFAR10_HPARAMS)
     assert "begin_pruning_step=100," in s and "sparsity_function_end_step=1000" in s
     assert "target_sparsity=0.9" in s
+
+
+# ----------------------------------------------------------------------------- Fisher, compaction
+
+
+def random_dense(model_name, seeds=(0,)):
+    """Stacked random params of the plain model, made with numpy (nothing compiled)."""
+    import jax
+
+    model = rt.MODELS[model_name]()
+    shapes = jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, 28, 28, 1), np.float32))
+    rng = np.random.default_rng(0)
+
+    def draw(a):
+        fan_in = int(np.prod(a.shape[:-1])) if len(a.shape) > 1 else 1
+        return (rng.standard_normal((len(seeds), *a.shape)) / np.sqrt(fan_in)).astype(np.float32)
+
+    return jax.tree.map(draw, shapes["params"])
+
+
+@pytest.fixture
+def fast_structural(monkeypatch):
+    """Short Fisher runs and latency loops; a random 'trained' dense model (no training)."""
+    monkeypatch.setattr(rt, "FISHER_BURN_IN", 2)
+    monkeypatch.setattr(rt, "FISHER_FREQUENCY", 1)
+    monkeypatch.setattr(rt, "FISHER_CHUNK", 16)
+    monkeypatch.setattr(rt, "LATENCY_REPEATS", 2)
+    monkeypatch.setattr(rt, "LATENCY_WARMUP", 1)
+    monkeypatch.setattr(results, "dense_params", lambda name, *args: random_dense(name))
+
+
+def test_fisher_rows_prune_to_every_level(tmp_path, fast_structural):
+    root = write_idx(tmp_path)
+    args = base_args(tmp_path, root) + ["--only", "fisher-ratio-*"]
+    assert results.main(args) == 0
+    saved = json.loads((tmp_path / "r.json").read_text())["rows"]
+    names = [f"tiny/mlp/fisher-ratio-{round(100 * lv)}" for lv in rt.FISHER_LEVELS]
+    assert sorted(saved) == sorted(names)
+    rows = [saved[n] for n in names]
+    for level, row in zip(rt.FISHER_LEVELS, rows, strict=True):
+        extra = row["extra"]
+        assert row["config"]["fisher"]["frequency"] == 1
+        assert extra["reached_at_step"][0] is not None
+        assert level - 0.05 < extra["channel_flops"][0] <= level
+        # the folded weights' FLOPs follow the channel masks' count
+        assert abs(row["flops"]["mean"] / 533210 - level) < 0.05
+    flops = [r["flops"]["mean"] for r in rows]
+    steps = [r["extra"]["reached_at_step"][0] for r in rows]
+    sparsity = [r["sparsity"]["mean"] for r in rows]
+    seconds = [r["seconds"] for r in rows]
+    assert flops == sorted(flops, reverse=True) and steps == sorted(steps)
+    assert sparsity == sorted(sparsity) and seconds == sorted(seconds)
+    md = (tmp_path / "R.md").read_text()
+    assert "| `fisher-ratio-30` | Fisher, FLOP-aware (signal ÷ FLOPs) | 30% FLOPs |" in md
+    assert "results_flops_mlp.png" in md and (tmp_path / "results_flops_mlp.png").exists()
+
+
+def test_compact_row_halves_the_hidden_layers(tmp_path, fast_structural):
+    root = write_idx(tmp_path)
+    assert results.main(base_args(tmp_path, root) + ["--only", "mlp/compact-*"]) == 0
+    row = json.loads((tmp_path / "r.json").read_text())["rows"]["tiny/mlp/compact-l2-50"]
+    extra = row["extra"]
+    assert extra["shapes"]["Dense_0/kernel"] == [784, 150]
+    assert extra["shapes"]["Dense_1/kernel"] == [150, 50]
+    assert extra["shapes"]["Dense_2/kernel"] == [50, 10]
+    assert extra["params_dense"] == 266610 and extra["params_compact"] == 125810
+    assert row["flops"]["mean"] < 0.5 * extra["flops_dense"]
+    assert 0.5 < row["sparsity"]["mean"] < 0.55  # kernel weights removed
+    assert extra["latency"]["dense_ms"] > 0 and extra["latency"]["compact_ms"] > 0
+    md = (tmp_path / "R.md").read_text()
+    assert "| parameters | 266,610 | 125,810 | 0.472 |" in md
+
+
+def test_fold_channel_masks_computes_the_masked_cnn():
+    """Removed channels zeroed in their groups: the plain CNN equals the masked one."""
+    import jax
+    import jax.numpy as jnp
+
+    params = jax.tree.map(lambda a: a[0], random_dense("cnn"))
+    rng = np.random.default_rng(1)
+    sizes = (6, 16, 120, 84)
+    masks = {
+        f"ChannelMask_{k}": {"mask": (rng.random(c) < 0.6).astype(np.float32)}
+        for k, c in enumerate(sizes)
+    }
+    folded, weight_masks = rt.fold_channel_masks(
+        "cnn", params, masks, rt._groups_by_layer("cnn", params)
+    )
+    # PatchConv_1's removed channels also zero their rows of the flattened Dense_0 kernel
+    dropped = np.flatnonzero(masks["ChannelMask_1"]["mask"] == 0)
+    assert not folded["Dense_0"]["kernel"].reshape(25, 16, 120)[:, dropped].any()
+    x = jnp.asarray(rng.random((2, 28, 28, 1)), jnp.float32)
+    plain = rt.CNN().apply({"params": folded}, x)
+    masked = rt.CNN(masked=True).apply({"params": params, "channel_masks": masks}, x)
+    np.testing.assert_allclose(plain, masked, rtol=1e-5, atol=1e-5)
+
+
+def test_dst_interval_leaves_steps_between_updates():
+    assert rt.dst_interval(117) == (25, 87)  # quick CNN: updates at 25, 50, 75
+    assert rt.dst_interval(468) == (25, 351)  # quick MLP: 14 updates
+    assert rt.dst_interval(10000) == (100, 7500)  # 1% of the steps once that is longer
+    assert rt.dst_interval(10) == (25, 26)  # shorter than the interval: no update
+    rigl = next(r for r in results.all_rows() if r["method"] == "rigl")
+    assert results.method_settings(rigl, 468) == {"update_every": 25, "end_step": 351}
+
+
+def test_structural_rows_listed_and_bad_names_refused(tmp_path, capsys):
+    assert results.main(["--list", "--only", "cnn/fisher-*", "--only", "*/compact-*"]) == 0
+    listed = capsys.readouterr().out.split()
+    assert "cnn/fisher-b0-90" in listed and "cnn/fisher-ratio-30" in listed
+    assert "mlp/compact-l2-50" in listed and "cnn/compact-l2-50" in listed
+    with pytest.raises(SystemExit) as e:
+        results.main(["--list", "--only", "cnn/fisher-beta-90"])
+    assert e.value.code == 2 and "matches no row" in capsys.readouterr().err
