@@ -519,8 +519,8 @@ def fold_channel_masks(
     """``(params with removed channels zeroed, bool weight masks)`` of one seed.
 
     A removed channel (mask entry 0) is zeroed in every member of its dependency group
-    (``jp.group_weight_masks``): the kernel and bias that produce it and the next layer's
-    weights that read it. The plain model with these weights computes what the masked model
+    (``jp.structural.group_weight_masks``): the kernel and bias that produce it and the next
+    layer's weights that read it. The plain model with these weights computes what the masked model
     computes with these masks, and its zeros are those of a structurally pruned model.
     """
     keep = {}
