@@ -2,8 +2,8 @@
 
 import os
 
-# Tests check what programs compute, not how fast: XLA's CPU backend compiles about a third
-# faster with LLVM's optimisations off, and IEEE results do not change (XLA never allows LLVM
+# Tests check what programs compute, not how fast: XLA's CPU backend compiles in about 30%
+# less time with LLVM's optimisations off, and IEEE results do not change (XLA never allows LLVM
 # to reassociate floating-point operations). Processes that tests start inherit the setting
 # through XLA_FLAGS. JAXPRUNE_TEST_OPTIMIZED=1 keeps the default optimisation level.
 if os.environ.get("JAXPRUNE_TEST_OPTIMIZED") != "1" and "optimization_level" not in os.environ.get(
