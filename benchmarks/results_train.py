@@ -295,8 +295,8 @@ def build_method(spec: dict, params: Any, steps: int) -> tuple[Callable, str]:
 def dst_interval(steps: int) -> tuple[int, int]:
     """SET and RigL: ``(update_every, end_step)`` of a run of ``steps`` updates.
 
-    A mask update every 1% of the steps but at least every ``DST_MIN_INTERVAL`` steps, until
-    75% of the run (runs shorter than ``DST_MIN_INTERVAL + 1`` steps get no update).
+    A mask update every 1% of the steps but never more often than every ``DST_MIN_INTERVAL``
+    steps, until 75% of the run (runs shorter than ``DST_MIN_INTERVAL + 1`` steps get none).
     """
     update_every = max(DST_MIN_INTERVAL, steps // 100)
     return update_every, max(3 * steps // 4, update_every + 1)
