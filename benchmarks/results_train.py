@@ -22,11 +22,6 @@ import optax
 
 import jaxprune as jp
 
-# Where a later jaxprune moves a name into a subpackage (``jaxprune.fisher``,
-# ``jaxprune.structural``), take it from there; older layouts export it at the top level.
-FISHER_API = getattr(jp, "fisher", jp)
-STRUCTURAL_API = getattr(jp, "structural", jp)
-
 # Sparse-training algorithms at their papers' defaults, the same for every model and sparsity.
 DROP_FRACTION = 0.3  # RigL and SET (Evci et al. 2020)
 SR_STE_LAMBDA = 2e-4  # SR-STE (Zhou et al. 2021)
@@ -54,7 +49,7 @@ LATENCY_WARMUP = 3
 
 def _mask(masked: bool) -> Callable[[jax.Array], jax.Array]:
     """A ``ChannelMask`` (variable collection ``channel_masks``) or the identity."""
-    return FISHER_API.ChannelMask() if masked else (lambda h: h)
+    return jp.fisher.ChannelMask() if masked else (lambda h: h)
 
 
 class MLP(nn.Module):
@@ -527,7 +522,7 @@ def fold_channel_masks(
     for k, layer in enumerate(HIDDEN[model_name]):
         alive = np.asarray(masks[f"ChannelMask_{k}"]["mask"]) > 0.5
         keep[structure["by_layer"][layer].name] = alive
-    weight_masks = STRUCTURAL_API.group_weight_masks(params, structure["groups"], keep)
+    weight_masks = jp.structural.group_weight_masks(params, structure["groups"], keep)
     weight_masks = jax.tree.map(lambda m, w: np.broadcast_to(m, np.shape(w)), weight_masks, params)
     folded = jax.tree.map(lambda w, m: np.asarray(w) * m, params, weight_masks)
     return folded, weight_masks
@@ -585,7 +580,7 @@ def fisher_curve(
         x, y = batch
         return optax.softmax_cross_entropy_with_integer_labels(apply_masked(p, m, x), y)
 
-    value_and_grad = FISHER_API.fisher_value_and_grad(losses, batched=True)
+    value_and_grad = jp.fisher.fisher_value_and_grad(losses, batched=True)
 
     def run_seed(carry, order, x_all, y_all):
         def body(carry, idx):
@@ -754,7 +749,7 @@ def compaction(model_name: str, dense: Any, spec: dict, data: Data, budget: Budg
         seconds += time.perf_counter() - start
         small_fn = small_fn or fn  # the same program for every seed: only shapes enter it
         masked = jax.tree.map(
-            lambda w, m: w * m, p, STRUCTURAL_API.group_weight_masks(p, groups, keep)
+            lambda w, m: w * m, p, jp.structural.group_weight_masks(p, groups, keep)
         )
         got, want = np.asarray(small_fn(q, x)), np.asarray(forward(masked, x))
         if not np.allclose(got, want, rtol=1e-4, atol=1e-4):
