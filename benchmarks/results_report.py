@@ -396,8 +396,8 @@ METHOD_NOTES = [
     "that `examples/tf_hparams.py` uses the recipe at; `pruning_frequency` keeps its default.",
     "",
     "One-shot rows prune each seed's trained dense model (the `dense` row's) with "
-    "`jp.prune_oneshot`, calibrated on 4 training batches; `prune_oneshot` prunes the linear "
-    "layers only, so the CNN's two small conv kernels stay dense. *+ fine-tune* rows then "
+    "`jp.prune_oneshot`, calibrated on 4 training batches; only the dense layers are pruned "
+    "(`layers=`), so the CNN's two small conv kernels stay dense. *+ fine-tune* rows then "
     "train for 10% of the training steps with the masks fixed: gradients of pruned weights "
     "still reach Adam but a last link in the chain sets every pruned weight back to exactly "
     "0 after each update, so no mask changes. Their time is calibration + pruning "
