@@ -238,62 +238,59 @@ def sparse(
         m_leaves = treedef.flatten_up_to(astate.masks)
         pruned = [i for i, m in enumerate(m_leaves) if _is_pruned(m)]
 
-        if alg.straight_through:
-            g_in = g_leaves
-            if alg.adjust_grads is not None:
-                g_in = alg.adjust_grads(astate, p_leaves, g_leaves)
-        else:
-            g_in = list(g_leaves)
-            for i in pruned:
-                g = jnp.asarray(g_leaves[i])
-                g_in[i] = jnp.where(m_leaves[i], g, jnp.zeros((), g.dtype))
-        u_tree, inner = inner_tx.update(
-            jax.tree_util.tree_unflatten(treedef, g_in), state.inner, params, **extra_args
-        )
-        u_leaves = treedef.flatten_up_to(u_tree)
+        def inner_update(inner_state: Any) -> tuple[list, Any]:
+            """The inner optimizer on the gradients it is given (step 2), as flat updates."""
+            if alg.straight_through:
+                g_in = g_leaves
+                if alg.adjust_grads is not None:
+                    g_in = alg.adjust_grads(astate, p_leaves, g_leaves)
+            else:
+                g_in = list(g_leaves)
+                for i in pruned:
+                    g = jnp.asarray(g_leaves[i])
+                    g_in[i] = jnp.where(m_leaves[i], g, jnp.zeros((), g.dtype))
+            u_tree, new_inner = inner_tx.update(
+                jax.tree_util.tree_unflatten(treedef, g_in), inner_state, params, **extra_args
+            )
+            return treedef.flatten_up_to(u_tree), new_inner
+
+        u_leaves, inner = inner_update(state.inner)
 
         if alg.recompute is None:
             new_m = m_leaves
         else:
             turn = alg.turn(astate)
             plan = alg.plan(params)
-            # Everything that happens only on turns runs inside the cond: the new masks, and
-            # for RigL and SET the inner state of the turn (the old one when the update is
-            # skipped, newly grown entries zeroed). Off turns the state passes through, so a
-            # step that is not a turn costs no extra pass over the optimizer's state.
-            with_state = alg.skip_update_on_turn or alg.regrows
 
-            def on_turn(ops):
-                st, p, g, u, inner_new, inner_old = ops
-                masks = list(alg.recompute(plan, st, p, g, u))
-                if not with_state:
-                    return masks, None
-                inner_t = inner_old if alg.skip_update_on_turn else inner_new
-                if alg.regrows:
-                    grown = [None] * len(p_leaves)
-                    for i in pruned:
-                        grown[i] = masks[i] & ~m_leaves[i]
-                    inner_t = _reset_grown(inner_t, treedef, p_leaves, grown)
-                return masks, inner_t
+            # Only the new masks come out of the cond, and only arrays that exist anyway go in
+            # (weights, raw gradients, the algorithm's and the inner optimizer's states): an
+            # operand or a result of a cond is a buffer of its own, so passing the inner
+            # updates or the inner state through it would write them out on every step instead
+            # of fusing the optimizer's arithmetic into optax.apply_updates. An algorithm that
+            # ranks the updates gets them computed again inside the branch, from the same
+            # inputs (the same values); a step that is not a turn costs a copy of the masks.
+            def on_turn(st):
+                u = inner_update(state.inner)[0] if "updates" in alg.reads else None
+                g = g_leaves if "grads" in alg.reads else None
+                return list(alg.recompute(plan, st, p_leaves, g, u))
 
-            def off_turn(ops):
-                return list(treedef.flatten_up_to(ops[0].masks)), ops[4]
+            def off_turn(st):
+                return list(treedef.flatten_up_to(st.masks))
 
-            operands = (
-                astate,
-                p_leaves,
-                g_leaves if "grads" in alg.reads else None,
-                u_leaves if "updates" in alg.reads else None,
-                inner if with_state else None,
-                state.inner if alg.skip_update_on_turn else None,
-            )
-            new_m, inner_t = lax.cond(turn, on_turn, off_turn, operands)
-            if with_state:
-                inner = inner_t
-            if alg.skip_update_on_turn:  # a scalar select: fuses into the updates' arithmetic
+            new_m = lax.cond(turn, on_turn, off_turn, astate)
+            # The rest is elementwise and fuses into the optimizer's arithmetic: on a turn of
+            # RigL the inner update is skipped (its state kept, its updates zero), and newly
+            # grown entries of the inner state are zeroed (none off turns).
+            if alg.skip_update_on_turn:
+                inner = jax.tree.map(lambda old, new: jnp.where(turn, old, new), state.inner, inner)
                 u_leaves = [
                     jnp.where(turn, jnp.zeros((), jnp.asarray(u).dtype), u) for u in u_leaves
                 ]
+            if alg.regrows:
+                grown = [None] * len(p_leaves)
+                for i in pruned:
+                    grown[i] = new_m[i] & ~m_leaves[i]
+                inner = _reset_grown(inner, treedef, p_leaves, grown)
 
         if alg.straight_through:
             out = u_leaves
