@@ -287,7 +287,7 @@ def _hist_width(nrows: int, total: int) -> int:
 
 
 def _histogram_select(
-    parts: Sequence[Part], k: Array, ktype: jnp.dtype, chunk: int | None, *arrays
+    parts: Sequence[Part], k: Array, ktype: jnp.dtype, chunk: int | None, counts: bool, *arrays
 ):
     nrows = k.shape[0]
     width = _hist_width(nrows, sum(p.size for p in parts))
@@ -300,9 +300,33 @@ def _histogram_select(
             hist = _hist_pass(hist, part, own, shift, w, prefix, chunk)
         digit, above = _pick_digits(hist, k, w)
         k = k - above
-        digit = digit.astype(ktype)
-        prefix = digit if prefix is None else (prefix << w) | digit
-    return prefix
+        prefix = digit.astype(ktype) if prefix is None else (prefix << w) | digit.astype(ktype)
+    if not counts:
+        return prefix
+    # The last histogram counted the keys equal to the k-th in its bin, and what is left of k
+    # is how many of those a top-k keeps: both come free with the selection.
+    ties = jnp.take_along_axis(hist.reshape(nrows, -1), digit[:, None], axis=1)[:, 0]
+    return prefix, k, ties
+
+
+def _explicit_counts(
+    parts: Sequence[Part], k: Array, kth: Array, *arrays
+) -> tuple[Array, Array, Array]:
+    """``(kth, need, ties)`` by counting the keys against ``kth`` (one pass over them)."""
+    nrows = k.shape[0]
+    greater = jnp.zeros((nrows,), jnp.int32)
+    ties = jnp.zeros((nrows,), jnp.int32)
+    it = iter(arrays)
+    for part in parts:
+        own = [next(it) for _ in part.source.arrays]
+        keys = part.source.keys(*own)
+        t = _rows_of(part, kth).reshape(_row_shape(part, keys.ndim))
+        axes = tuple(range(1 if part.stacked else 0, keys.ndim))
+        g = jnp.sum(keys > t, axis=axes, dtype=jnp.int32).reshape(-1)
+        e = jnp.sum(keys == t, axis=axes, dtype=jnp.int32).reshape(-1)
+        pad = (part.row, nrows - part.row - part.rows)
+        greater, ties = greater + jnp.pad(g, pad), ties + jnp.pad(e, pad)
+    return kth, k - greater, ties
 
 
 # --------------------------------------------------------------- comparisons (scatter-free)
@@ -362,7 +386,9 @@ def _key_dtype_of(parts: Sequence[Part]) -> jnp.dtype:
     return jnp.dtype(next(iter(ktypes)))
 
 
-def kth_largest_keys(parts: Sequence[Part], k: ArrayLike, *, method: str | None = None) -> Array:
+def kth_largest_keys(
+    parts: Sequence[Part], k: ArrayLike, *, method: str | None = None, counts: bool = False
+) -> Array | tuple[Array, Array, Array]:
     """The exact ``k[r]``-th largest key (1-based) of each row ``r``, all rows at once.
 
     One selection serves every row: each counting pass makes one histogram (or one count
@@ -375,9 +401,12 @@ def kth_largest_keys(parts: Sequence[Part], k: ArrayLike, *, method: str | None 
         ``r``. Outside that range the row's result is not one of its keys.
       method: ``"histogram"``, ``"compare"`` or ``"auto"`` (histogram on CPU, comparisons on
         other platforms); default: the one :func:`selection_method` set, ``"auto"``.
+      counts: also return, per row, ``need = k - #{keys > kth}`` (how many keys equal to the
+        k-th a top-k keeps) and ``ties = #{keys == kth}``; the histogram method has them from
+        its last pass, the comparison method counts them in one more pass.
 
     Returns:
-      Shape ``(rows,)``, of the key dtype.
+      Shape ``(rows,)``, of the key dtype; with ``counts``, ``(kth, need, ties)`` (int32).
     """
     if not parts:
         raise ValueError("kth_largest_keys needs at least one part")
@@ -392,8 +421,13 @@ def kth_largest_keys(parts: Sequence[Part], k: ArrayLike, *, method: str | None 
             f"of shape {k.shape} and rows {covered}"
         )
     arrays = [a for p in parts for a in p.source.arrays]
+
+    def compare(*a):
+        kth = _compare_select(parts, k, ktype, _COMPARE_BITS, *a)
+        return _explicit_counts(parts, k, kth, *a) if counts else kth
+
     if method == "compare":
-        return _compare_select(parts, k, ktype, _COMPARE_BITS, *arrays)
+        return compare(*arrays)
     # Chunks are dynamic slices, which would gather an array sharded over several devices, so
     # they are used only where there is one device.
     single = jax.device_count() == 1 and all(_replicated(a) is None for a in arrays)
@@ -401,19 +435,23 @@ def kth_largest_keys(parts: Sequence[Part], k: ArrayLike, *, method: str | None 
     if method == "histogram":
         return lax.platform_dependent(
             *arrays,
-            cpu=lambda *a: _histogram_select(parts, k, ktype, cpu_chunk, *a),
-            default=lambda *a: _histogram_select(parts, k, ktype, None, *a),
+            cpu=lambda *a: _histogram_select(parts, k, ktype, cpu_chunk, counts, *a),
+            default=lambda *a: _histogram_select(parts, k, ktype, None, counts, *a),
         )
     return lax.platform_dependent(
         *arrays,
-        cpu=lambda *a: _histogram_select(parts, k, ktype, cpu_chunk, *a),
-        default=lambda *a: _compare_select(parts, k, ktype, _COMPARE_BITS, *a),
+        cpu=lambda *a: _histogram_select(parts, k, ktype, cpu_chunk, counts, *a),
+        default=compare,
     )
 
 
 def kth_largest_key(
-    sources: Sequence[KeySource | Array], k: ArrayLike, *, method: str | None = None
-) -> Array:
+    sources: Sequence[KeySource | Array],
+    k: ArrayLike,
+    *,
+    method: str | None = None,
+    counts: bool = False,
+) -> Array | tuple[Array, Array, Array]:
     """The exact ``k``-th largest key (1-based) among all keys of all ``sources``.
 
     Args:
@@ -422,15 +460,17 @@ def kth_largest_key(
       k: traced or concrete int, ``1 <= k <= total size`` (:func:`kept_count` gives such a
         k). Outside that range the result is not a key of the input: clamp ``k`` first.
       method: as in :func:`kth_largest_keys`.
+      counts: as in :func:`kth_largest_keys`.
 
     Returns:
-      A scalar of the key dtype.
+      A scalar of the key dtype; with ``counts``, ``(kth, need, ties)`` scalars.
     """
     if not sources:
         raise ValueError("kth_largest_key needs at least one source of keys")
     sources = [s if isinstance(s, KeySource) else KeySource((s,), lambda a: a) for s in sources]
     k = jnp.asarray(k, jnp.int32).reshape(1)
-    return kth_largest_keys([Part(s, 0) for s in sources], k, method=method)[0]
+    out = kth_largest_keys([Part(s, 0) for s in sources], k, method=method, counts=counts)
+    return tuple(x[0] for x in out) if counts else out[0]
 
 
 def kept_count(size: int, sparsity: ArrayLike) -> Array:

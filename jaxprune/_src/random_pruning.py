@@ -18,6 +18,7 @@ from jaxprune._src import radix_select as selection
 from jaxprune._src import transform as transform_lib
 from jaxprune._src.base import Array, ArrayLike, LeafRule, Masks
 from jaxprune._src.schedules import PruningSchedule
+from jaxprune._src.sparse_core import random_bits
 
 
 class RandomPruningState(NamedTuple):
@@ -77,7 +78,7 @@ def exact_path_map(
 
 def random_scores(key: Array, index: int, shape: tuple[int, ...]) -> Array:
     """Fixed random keys of a leaf: nonzero uint32, the same on every call for one leaf."""
-    bits = jax.random.bits(jax.random.fold_in(key, index), shape, jnp.uint32)
+    bits = random_bits(jax.random.fold_in(key, index), shape)  # jax.random.bits, fused
     # 0 is reserved for entries already pruned, so they rank below every kept entry.
     return jnp.maximum(bits, jnp.uint32(1))
 

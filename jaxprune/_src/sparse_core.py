@@ -240,62 +240,59 @@ def sparse(
         m_leaves = treedef.flatten_up_to(astate.masks)
         pruned = [i for i, m in enumerate(m_leaves) if _is_pruned(m)]
 
-        if alg.straight_through:
-            g_in = g_leaves
-            if alg.adjust_grads is not None:
-                g_in = alg.adjust_grads(astate, p_leaves, g_leaves)
-        else:
-            g_in = list(g_leaves)
-            for i in pruned:
-                g = jnp.asarray(g_leaves[i])
-                g_in[i] = jnp.where(m_leaves[i], g, jnp.zeros((), g.dtype))
-        u_tree, inner = inner_tx.update(
-            jax.tree_util.tree_unflatten(treedef, g_in), state.inner, params, **extra_args
-        )
-        u_leaves = treedef.flatten_up_to(u_tree)
+        def inner_update(inner_state: Any) -> tuple[list, Any]:
+            """The inner optimizer on the gradients it is given (step 2), as flat updates."""
+            if alg.straight_through:
+                g_in = g_leaves
+                if alg.adjust_grads is not None:
+                    g_in = alg.adjust_grads(astate, p_leaves, g_leaves)
+            else:
+                g_in = list(g_leaves)
+                for i in pruned:
+                    g = jnp.asarray(g_leaves[i])
+                    g_in[i] = jnp.where(m_leaves[i], g, jnp.zeros((), g.dtype))
+            u_tree, new_inner = inner_tx.update(
+                jax.tree_util.tree_unflatten(treedef, g_in), inner_state, params, **extra_args
+            )
+            return treedef.flatten_up_to(u_tree), new_inner
+
+        u_leaves, inner = inner_update(state.inner)
 
         if alg.recompute is None:
             new_m = m_leaves
         else:
             turn = alg.turn(astate)
             plan = alg.plan(params)
-            # Everything that happens only on turns runs inside the cond: the new masks, and
-            # for RigL and SET the inner state of the turn (the old one when the update is
-            # skipped, newly grown entries zeroed). Off turns the state passes through, so a
-            # step that is not a turn costs no extra pass over the optimizer's state.
-            with_state = alg.skip_update_on_turn or alg.regrows
 
-            def on_turn(ops):
-                st, p, g, u, inner_new, inner_old = ops
-                masks = list(alg.recompute(plan, st, p, g, u))
-                if not with_state:
-                    return masks, None
-                inner_t = inner_old if alg.skip_update_on_turn else inner_new
-                if alg.regrows:
-                    grown = [None] * len(p_leaves)
-                    for i in pruned:
-                        grown[i] = masks[i] & ~m_leaves[i]
-                    inner_t = _reset_grown(inner_t, treedef, p_leaves, grown)
-                return masks, inner_t
+            # Only the new masks come out of the cond, and only arrays that exist anyway go in
+            # (weights, raw gradients, the algorithm's and the inner optimizer's states): an
+            # operand or a result of a cond is a buffer of its own, so passing the inner
+            # updates or the inner state through it would write them out on every step instead
+            # of fusing the optimizer's arithmetic into optax.apply_updates. An algorithm that
+            # ranks the updates gets them computed again inside the branch, from the same
+            # inputs (the same values); a step that is not a turn costs a copy of the masks.
+            def on_turn(st):
+                u = inner_update(state.inner)[0] if "updates" in alg.reads else None
+                g = g_leaves if "grads" in alg.reads else None
+                return list(alg.recompute(plan, st, p_leaves, g, u))
 
-            def off_turn(ops):
-                return list(treedef.flatten_up_to(ops[0].masks)), ops[4]
+            def off_turn(st):
+                return list(treedef.flatten_up_to(st.masks))
 
-            operands = (
-                astate,
-                p_leaves,
-                g_leaves if "grads" in alg.reads else None,
-                u_leaves if "updates" in alg.reads else None,
-                inner if with_state else None,
-                state.inner if alg.skip_update_on_turn else None,
-            )
-            new_m, inner_t = lax.cond(turn, on_turn, off_turn, operands)
-            if with_state:
-                inner = inner_t
-            if alg.skip_update_on_turn:  # a scalar select: fuses into the updates' arithmetic
+            new_m = lax.cond(turn, on_turn, off_turn, astate)
+            # The rest is elementwise and fuses into the optimizer's arithmetic: on a turn of
+            # RigL the inner update is skipped (its state kept, its updates zero), and newly
+            # grown entries of the inner state are zeroed (none off turns).
+            if alg.skip_update_on_turn:
+                inner = jax.tree.map(lambda old, new: jnp.where(turn, old, new), state.inner, inner)
                 u_leaves = [
                     jnp.where(turn, jnp.zeros((), jnp.asarray(u).dtype), u) for u in u_leaves
                 ]
+            if alg.regrows:
+                grown = [None] * len(p_leaves)
+                for i in pruned:
+                    grown[i] = new_m[i] & ~m_leaves[i]
+                inner = _reset_grown(inner, treedef, p_leaves, grown)
 
         if alg.straight_through:
             out = u_leaves
@@ -394,21 +391,29 @@ def top_k_masks(keys: list[Array], k: ArrayLike) -> list[Array]:
     Ties at the k-th largest key are broken by position: leaves in order, then lower flat
     index first. ``1 <= k <=`` total size (may be traced); keys are unsigned integers.
     """
+    return top_k_sources([selection.KeySource((x,), lambda a: a) for x in keys], k)
+
+
+def top_k_sources(sources: list[selection.KeySource], k: ArrayLike) -> list[Array]:
+    """:func:`top_k_masks` of keys computed on the fly (:class:`selection.KeySource`).
+
+    The keys are computed from the arrays the sources hold in every pass (two counting passes
+    and the mask), never stored whole: ranking ``lift(|w|, m)`` costs no n-sized temporary.
+    """
     k = jnp.asarray(k, jnp.int32)
-    if sum(x.size for x in keys) <= SORT_MAX:
-        return sorted_top_k(keys, k)
-    kth = selection.kth_largest_key(keys, k)
-    n_greater = sum(jnp.sum(x > kth, dtype=jnp.int32) for x in keys)
-    n_ties = sum(jnp.sum(x == kth, dtype=jnp.int32) for x in keys)
-    need = k - n_greater  # how many of the keys equal to the k-th are kept
+    if sum(src.arrays[0].size for src in sources) <= SORT_MAX:
+        return sorted_top_k([src.keys(*src.arrays) for src in sources], k)
+    # need: how many of the keys equal to the k-th are kept; the selection counts them.
+    kth, need, n_ties = selection.kth_largest_key(sources, k, counts=True)
 
-    def all_ties(keys):
-        return [x >= kth for x in keys]
+    def all_ties(arrays):
+        return [src.keys(*a) >= kth for src, a in zip(sources, arrays)]
 
-    def first_ties(keys):  # by position: one cumulative sum over the tie masks
+    def first_ties(arrays):  # by position: one cumulative sum over the tie masks
         out = []
         offset = jnp.zeros((), jnp.int32)
-        for x in keys:
+        for src, a in zip(sources, arrays):
+            x = src.keys(*a)
             tie = x == kth
             rank = offset + jnp.cumsum(tie.reshape(-1), dtype=jnp.int32).reshape(x.shape)
             out.append((x > kth) | (tie & (rank <= need)))
@@ -416,7 +421,8 @@ def top_k_masks(keys: list[Array], k: ArrayLike) -> list[Array]:
         return out
 
     # Keys of continuous values rarely tie at the k-th: then no cumulative sum is needed.
-    return lax.cond(need == n_ties, all_ties, first_ties, keys)
+    arrays = [src.arrays for src in sources]
+    return lax.cond(need == n_ties, all_ties, first_ties, arrays)
 
 
 def sorted_top_k(keys: list[Array], k: ArrayLike) -> list[Array]:
@@ -430,6 +436,45 @@ def sorted_top_k(keys: list[Array], k: ArrayLike) -> list[Array]:
         out.append(keep[start : start + x.size].reshape(x.shape))
         start += x.size
     return out
+
+
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+
+
+def random_bits(key: Array, shape: tuple[int, ...]) -> Array:
+    """``jax.random.bits(key, shape, jnp.uint32)``, bit for bit, as one elementwise pass.
+
+    For a threefry key (the default) with ``jax_threefry_partitionable`` (the default), each
+    entry is the Threefry-2x32 hash of its flat index under the key, the two output words
+    XOR-ed. On CPU JAX runs the hash's 20 rounds as a loop over whole arrays (two n-sized
+    arrays written and read back per round); written out here, XLA fuses the rounds into one
+    pass that keeps everything in registers, several times faster, and the consumer of the
+    bits (a histogram pass, a comparison) can fuse with it. Other keys and settings use
+    ``jax.random.bits`` itself.
+    """
+    size = math.prod(shape)
+    if (
+        jax.random.key_impl(key) != "threefry2x32"
+        or not jax.config.jax_threefry_partitionable
+        or not 0 < size < 2**32
+    ):
+        return jax.random.bits(key, shape, jnp.uint32)
+
+    def rotl(v, d):
+        return (v << jnp.uint32(d)) | (v >> jnp.uint32(32 - d))
+
+    k1, k2 = jax.random.key_data(key)[0], jax.random.key_data(key)[1]
+    ks = (k1, k2, k1 ^ k2 ^ jnp.uint32(0x1BD11BDA))
+    # The counter of entry i is the 64-bit i: high word 0, low word i.
+    x0 = jnp.broadcast_to(ks[0], (size,))
+    x1 = lax.iota(jnp.uint32, size) + ks[1]
+    for j in range(5):
+        for r in _ROTATIONS[j % 2]:
+            x0 = x0 + x1
+            x1 = rotl(x1, r) ^ x0
+        x0 = x0 + ks[(j + 1) % 3]
+        x1 = x1 + ks[(j + 2) % 3] + jnp.uint32(j + 1)
+    return (x0 ^ x1).reshape(shape)
 
 
 def lift(keys: Array, mask: Array) -> Array:

@@ -41,8 +41,9 @@ from jaxprune._src.sparse_core import (
     kept,
     leaf_sparsities,
     lift,
+    random_bits,
     sorted_top_k,
-    top_k_masks,
+    top_k_sources,
 )
 
 
@@ -74,7 +75,7 @@ def _random_masks(key: Array, shapes: tuple, ks: tuple) -> list[Array]:
         if k is None:
             out.append(jnp.ones((), bool))
             continue
-        bits = jax.random.bits(jax.random.fold_in(key, i), shape, jnp.uint32)
+        bits = random_bits(jax.random.fold_in(key, i), shape)
         out.append(sorted_top_k([bits], k)[0])
     return out
 
@@ -89,6 +90,24 @@ def _init_fn(key: Array, sparsity: Any, rule: Any) -> Any:
         )
 
     return init
+
+
+def _drop_keys(ktype: Any, w: Array, m: Array, u: Array | None = None) -> Array:
+    """Keys of the active weights by magnitude (of ``w + u`` with ``u``), inactive ones 0."""
+    if u is not None:
+        w = jnp.asarray(w + u).astype(w.dtype)
+    return lift(selection.magnitude_keys(w, ktype), m)
+
+
+def _grow_keys(ktype: Any, survive: Array, g: Array) -> Array:
+    """Survivors first (the largest key), then the candidates by gradient magnitude."""
+    top = jnp.asarray(np.iinfo(ktype).max, ktype)
+    return jnp.where(survive, top, selection.magnitude_keys(g, ktype))
+
+
+def _random_grow_keys(survive: Array, bits: Array) -> Array:
+    """Survivors first (the largest key), then the candidates by 31 random bits."""
+    return jnp.where(survive, jnp.uint32(np.iinfo(np.uint32).max), bits >> 1)
 
 
 def _check_int(value: Any, name: str, minimum: int) -> int:
@@ -147,26 +166,31 @@ def _dynamic(
             if k is None:
                 continue
             w = jnp.asarray(p[i])
-            if u is not None:  # SET ranks the weights this step produces, as its reference
-                w = jnp.asarray(w + u[i]).astype(w.dtype)
             n_drop = jnp.floor(f * jnp.float32(k)).astype(jnp.int32)
-            # Active weights ranked by magnitude, inactive ones strictly last.
+            # Active weights ranked by magnitude, inactive ones strictly last; the keys are
+            # computed on the fly from the weights (and SET's updates) in every pass.
             ktype = selection.key_dtype([w.dtype])
-            survive = top_k_masks([lift(selection.magnitude_keys(w, ktype), m[i])], k - n_drop)[0]
+            if u is None:
+                drop = selection.KeySource((w, m[i]), functools.partial(_drop_keys, ktype))
+            else:  # SET ranks the weights this step produces, as its reference
+                drop = selection.KeySource(
+                    (w, m[i], jnp.asarray(u[i])), functools.partial(_drop_keys, ktype)
+                )
+            survive = top_k_sources([drop], k - n_drop)[0]
             if grow == "gradient":
                 gi = jnp.asarray(g[i])
-                score = selection.magnitude_keys(gi, selection.key_dtype([gi.dtype]))
+                gtype = selection.key_dtype([gi.dtype])
+                grow_keys = selection.KeySource((survive, gi), functools.partial(_grow_keys, gtype))
             else:
-                bits = jax.random.bits(
-                    jax.random.fold_in(jax.random.fold_in(grow_key, state.count), i),
-                    np.shape(w),
-                    jnp.uint32,
+                bits = random_bits(
+                    jax.random.fold_in(jax.random.fold_in(grow_key, state.count), i), np.shape(w)
                 )
-                score = bits >> 1
+                # Stored once: the hash is dearer than reading its result in every pass.
+                bits = jax.lax.optimization_barrier(bits)
+                grow_keys = selection.KeySource((survive, bits), _random_grow_keys)
             # Survivors rank above every candidate; the top k are the survivors and the d
             # candidates of largest score.
-            top = jnp.asarray(np.iinfo(score.dtype).max, score.dtype)
-            out[i] = top_k_masks([jnp.where(survive, top, score)], k)[0]
+            out[i] = top_k_sources([grow_keys], k)[0]
         return out
 
     reads = frozenset({"grads"}) if grow == "gradient" else frozenset({"updates"})

@@ -39,8 +39,9 @@ from jaxprune._src.sparse_core import (
     check_key,
     check_schedule,
     lift,
+    random_bits,
     signed_keys,
-    top_k_masks,
+    top_k_sources,
 )
 from jaxprune._src.transform import register_pruning_state
 
@@ -149,11 +150,13 @@ def _sr_ste(lam: float) -> Any:
     return adjust
 
 
-def _ranked(keys: list[Array], sizes: list[int], sparsity: Array, scope: str) -> list[Array]:
-    """Exact top-k masks of ``keys``, per leaf or over all leaves together."""
+def _ranked(
+    keys: list[selection.KeySource], sizes: list[int], sparsity: Array, scope: str
+) -> list[Array]:
+    """Exact top-k masks of ``keys`` (computed on the fly), per leaf or over all leaves."""
     if scope == "global":
-        return top_k_masks(keys, selection.kept_count(sum(sizes), sparsity))
-    return [top_k_masks([x], selection.kept_count(n, sparsity))[0] for x, n in zip(keys, sizes)]
+        return top_k_sources(keys, selection.kept_count(sum(sizes), sparsity))
+    return [top_k_sources([x], selection.kept_count(n, sparsity))[0] for x, n in zip(keys, sizes)]
 
 
 def magnitude_ste(
@@ -225,12 +228,18 @@ def magnitude_ste(
         del plan, g
         s = schedule(state.count)[1]
         m = list(jax.tree_util.tree_leaves(state.masks))
-        for i in _pruned(m):
-            if structure is None:
-                m[i] = masks_lib.magnitude_threshold(p[i], s, u[i])[0]
-            else:
+        idx = _pruned(m)
+        if structure is not None:
+            for i in idx:
                 w = jnp.asarray(p[i] + u[i]).astype(jnp.asarray(p[i]).dtype)
                 m[i] = structure.from_scores(jnp.abs(w), s)[0].astype(bool)
+            return m
+        if len(idx) > 1:  # one batched selection for all leaves
+            got = masks_lib.layer_thresholds([p[i] for i in idx], s, [u[i] for i in idx])[0]
+        else:
+            got = [masks_lib.magnitude_threshold(p[i], s, u[i])[0] for i in idx]
+        for i, new in zip(idx, got):
+            m[i] = new
         return m
 
     return SparseAlgorithm(
@@ -301,8 +310,11 @@ def random_ste(
         step_key = jax.random.fold_in(key, state.count)
         for i in _pruned(m):
             shape = np.shape(p[i])
-            bits = jax.random.bits(jax.random.fold_in(step_key, i), shape, jnp.uint32)
-            m[i] = top_k_masks([bits], selection.kept_count(math.prod(shape), s))[0]
+            bits = random_bits(jax.random.fold_in(step_key, i), shape)
+            # Stored once: the hash is dearer than reading its result in every pass.
+            bits = jax.lax.optimization_barrier(bits)
+            src = selection.KeySource((bits,), lambda b: b)
+            m[i] = top_k_sources([src], selection.kept_count(math.prod(shape), s))[0]
         return m
 
     return SparseAlgorithm(
@@ -383,10 +395,12 @@ def saliency_pruning(
                 score = jnp.abs(jnp.asarray(p[i], jnp.float32) * jnp.asarray(g[i], jnp.float32))
                 m[i] = structure.from_scores(score, s)[0].astype(bool)
             return m
-        keys = []
-        for i in idx:
-            score = jnp.asarray(p[i], jnp.float32) * jnp.asarray(g[i], jnp.float32)
-            keys.append(lift(selection.magnitude_keys(score, jnp.uint32), m[i]))
+
+        def saliency_keys(w, g, mask):
+            score = jnp.asarray(w, jnp.float32) * jnp.asarray(g, jnp.float32)
+            return lift(selection.magnitude_keys(score, jnp.uint32), mask)
+
+        keys = [selection.KeySource((p[i], g[i], m[i]), saliency_keys) for i in idx]
         sizes = [math.prod(np.shape(p[i])) for i in idx]
         for i, new in zip(idx, _ranked(keys, sizes, s, scope)):
             m[i] = new
@@ -488,7 +502,7 @@ def movement_pruning(
         m = treedef.flatten_up_to(state.masks)
         scores = treedef.flatten_up_to(state.scores)
         idx = _pruned(m)
-        keys = [signed_keys(scores[i]) for i in idx]
+        keys = [selection.KeySource((scores[i],), signed_keys) for i in idx]
         sizes = [math.prod(np.shape(p[i])) for i in idx]
         for i, new in zip(idx, _ranked(keys, sizes, s, scope)):
             m[i] = new
