@@ -237,10 +237,12 @@ def main() -> None:
         step = make_step(case.tx, case.masked)
         candidates = {"plain": lambda: plain(params, plain_state, x, y)}
         if case.turn is not None:
+            # The update step from the initial state (dense weights and all-True masks for a
+            # schedule, AC/DC after its dense phase; RigL's and SET's random sparse start);
+            # the non-update step with the weights and masks that update step made.
             turn = with_count(state, case.turn)
-            # The masks of a realistic non-update step: those an update step made.
-            p, state = step(p, turn, x, y)
             candidates["turn"] = lambda s=step, p=p, st=turn: s(p, st, x, y)
+            p, state = step(p, turn, x, y)
         idle = with_count(state, case.idle)
         candidates["idle"] = lambda s=step, p=p, st=idle: s(p, st, x, y)
         # The update step changes the masks, the non-update step does not.

@@ -49,7 +49,7 @@ def magnitude_threshold(
 def _magnitude_threshold(x: Array, sparsity: Array, update: Array | None) -> tuple[Array, Array]:
     src = radix_select.magnitude_source(x, radix_select.key_dtype([x.dtype]), update)
     kth = radix_select.kth_largest_key([src], radix_select.kept_count(x.size, sparsity))
-    return src.keys(*src.arrays) >= kth, radix_select.key_to_magnitude(kth, x.dtype)
+    return radix_select.at_least(src, kth), radix_select.key_to_magnitude(kth, x.dtype)
 
 
 def magnitude_mask(x: ArrayLike, sparsity: ArrayLike) -> Array:
@@ -103,7 +103,7 @@ def _global_threshold(
     total = sum(x.size for x in leaves)
     kth = radix_select.kth_largest_key(sources, radix_select.kept_count(total, sparsity))
     widest = max(dtypes, key=lambda d: jnp.dtype(d).itemsize)
-    masks = [src.keys(*src.arrays) >= kth for src in sources]
+    masks = [radix_select.at_least(src, kth) for src in sources]
     return masks, radix_select.key_to_magnitude(kth, widest)
 
 
@@ -191,7 +191,7 @@ def layer_masks(
             if dtype not in values:
                 values[dtype] = radix_select.key_to_magnitude(kth[ktype], dtype)
             src = radix_select.magnitude_source(leaves[i], ktype, updates[i])
-            masks[i] = src.keys(*src.arrays) >= kth[ktype][r]
+            masks[i] = radix_select.at_least(src, kth[ktype][r])
             thresholds[i] = values[dtype][r]
     return masks, thresholds
 

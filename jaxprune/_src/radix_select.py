@@ -94,6 +94,39 @@ class KeySource(NamedTuple):
     keys: Callable[..., Array]
 
 
+def at_least(source: KeySource, kth: ArrayLike) -> Array:
+    """``keys >= kth`` for every key of ``source``, a bool array of its arrays' shape.
+
+    On one CPU device the mask is computed chunk by chunk from flattened views of the arrays,
+    as the counting passes read them: when an array is itself computed in the program (the
+    updates ``u`` of ``w + u``), XLA then stores it once, flat, instead of once flat for the
+    passes and once in its own shape for the mask.
+    """
+    arrays = source.arrays
+    shape = jnp.shape(arrays[0])
+    size = int(np.prod(shape))
+    kth = jnp.asarray(kth)
+    if size <= _CPU_CHUNK or jax.device_count() > 1 or any(_replicated(a) for a in arrays):
+        return source.keys(*arrays) >= kth
+
+    def chunked(*arrays):
+        flat = [a.reshape(-1) for a in arrays]
+        full, tail = divmod(size, _CPU_CHUNK)
+
+        def body(i, mask):
+            start = i * _CPU_CHUNK
+            pieces = [lax.dynamic_slice_in_dim(a, start, _CPU_CHUNK) for a in flat]
+            return lax.dynamic_update_slice_in_dim(mask, source.keys(*pieces) >= kth, start, 0)
+
+        mask = lax.fori_loop(0, full, body, jnp.zeros((size,), bool))
+        if tail:
+            rest = source.keys(*[a[full * _CPU_CHUNK :] for a in flat]) >= kth
+            mask = lax.dynamic_update_slice_in_dim(mask, rest, full * _CPU_CHUNK, 0)
+        return mask.reshape(shape)
+
+    return lax.platform_dependent(*arrays, cpu=chunked, default=lambda *a: source.keys(*a) >= kth)
+
+
 def magnitude_source(x: Array, ktype: jnp.dtype, update: Array | None = None) -> KeySource:
     """Keys of ``|x|`` (or of ``|x + update|``, added in x's dtype as optax does)."""
     if update is None:

@@ -101,7 +101,9 @@ class SparseAlgorithm:
       turn: ``state -> bool scalar``, whether the masks are recomputed at this step.
       recompute: ``(plan, state, p, g, u) -> masks``, run inside ``lax.cond`` on turns; ``g`` is
         ``None`` unless ``"grads" in reads`` and ``u`` ``None`` unless ``"updates" in reads``.
-        ``None``: the masks never change.
+        With ``"updated_params" in reads`` (straight-through algorithms only), ``p`` holds the
+        weights this step produces, :math:`w + u` as ``optax.apply_updates`` computes them,
+        instead of :math:`w`. ``None``: the masks never change.
       plan: ``params -> plan``, static Python facts about the leaves (e.g. per-leaf counts)
         computed at every update outside the traced branches and given to ``recompute``.
       reads: what ``recompute`` reads besides the state and the weights.
@@ -271,10 +273,20 @@ def sparse(
             # of fusing the optimizer's arithmetic into optax.apply_updates. An algorithm that
             # ranks the updates gets them computed again inside the branch, from the same
             # inputs (the same values); a step that is not a turn costs a copy of the masks.
+            p_read = p_leaves
+            if "updated_params" in alg.reads and alg.straight_through:
+                # The updates are returned as they are, so this is the array the train step's
+                # optax.apply_updates computes: XLA stores it once, as the new weights, and the
+                # turn reads it from there (nothing kept alive for it, nothing recomputed).
+                p_read = [
+                    jnp.asarray(w + u).astype(jnp.asarray(w).dtype)
+                    for w, u in zip(p_leaves, u_leaves)
+                ]
+
             def on_turn(st):
                 u = inner_update(state.inner)[0] if "updates" in alg.reads else None
                 g = g_leaves if "grads" in alg.reads else None
-                return list(alg.recompute(plan, st, p_leaves, g, u))
+                return list(alg.recompute(plan, st, p_read, g, u))
 
             def off_turn(st):
                 return list(treedef.flatten_up_to(st.masks))
@@ -407,22 +419,64 @@ def top_k_sources(sources: list[selection.KeySource], k: ArrayLike) -> list[Arra
     kth, need, n_ties = selection.kth_largest_key(sources, k, counts=True)
 
     def all_ties(arrays):
-        return [src.keys(*a) >= kth for src, a in zip(sources, arrays)]
+        return [
+            selection.at_least(selection.KeySource(a, src.keys), kth)
+            for src, a in zip(sources, arrays)
+        ]
 
-    def first_ties(arrays):  # by position: one cumulative sum over the tie masks
+    def first_ties(arrays):  # by position: a running count of the ties, chunk by chunk
         out = []
         offset = jnp.zeros((), jnp.int32)
         for src, a in zip(sources, arrays):
-            x = src.keys(*a)
-            tie = x == kth
-            rank = offset + jnp.cumsum(tie.reshape(-1), dtype=jnp.int32).reshape(x.shape)
-            out.append((x > kth) | (tie & (rank <= need)))
-            offset = offset + jnp.sum(tie, dtype=jnp.int32)
+            mask, offset = _first_ties(src.keys, a, kth, need, offset)
+            out.append(mask)
         return out
 
     # Keys of continuous values rarely tie at the k-th: then no cumulative sum is needed.
     arrays = [src.arrays for src in sources]
     return lax.cond(need == n_ties, all_ties, first_ties, arrays)
+
+
+# Ties are ranked in chunks of this many keys: a cumulative sum over a whole leaf would need
+# n-sized int32 temporaries, and on CPU every call pays page faults for fresh temporaries.
+_TIE_CHUNK = 1 << 16
+
+
+def _first_ties(
+    keys_fn: Callable[..., Array], arrays: tuple, kth: Array, need: Array, offset: Array
+) -> tuple[Array, Array]:
+    """``keys > kth``, plus the ties at ``kth`` of rank ``<= need`` (rank ``offset`` + i).
+
+    Returns the mask (the arrays' shape) and ``offset`` plus the number of ties seen.
+    """
+    shape = np.shape(arrays[0])
+    flat = [jnp.asarray(a).reshape(-1) for a in arrays]
+    size = math.prod(shape)
+
+    def piece(chunk, offset):
+        x = keys_fn(*chunk)
+        tie = x == kth
+        rank = offset + jnp.cumsum(tie, dtype=jnp.int32)
+        return (x > kth) | (tie & (rank <= need)), offset + jnp.sum(tie, dtype=jnp.int32)
+
+    if size <= _TIE_CHUNK:
+        mask, offset = piece(flat, offset)
+        return mask.reshape(shape), offset
+    full, tail = divmod(size, _TIE_CHUNK)
+
+    def body(i, carry):
+        mask, offset = carry
+        start = i * _TIE_CHUNK
+        chunk = [lax.dynamic_slice_in_dim(a, start, _TIE_CHUNK) for a in flat]
+        got, offset = piece(chunk, offset)
+        return lax.dynamic_update_slice_in_dim(mask, got, start, 0), offset
+
+    mask = jnp.zeros((size,), bool)
+    mask, offset = lax.fori_loop(0, full, body, (mask, offset))
+    if tail:
+        got, offset = piece([a[full * _TIE_CHUNK :] for a in flat], offset)
+        mask = lax.dynamic_update_slice_in_dim(mask, got, full * _TIE_CHUNK, 0)
+    return mask.reshape(shape), offset
 
 
 def sorted_top_k(keys: list[Array], k: ArrayLike) -> list[Array]:

@@ -185,8 +185,6 @@ def _dynamic(
                 bits = random_bits(
                     jax.random.fold_in(jax.random.fold_in(grow_key, state.count), i), np.shape(w)
                 )
-                # Stored once: the hash is dearer than reading its result in every pass.
-                bits = jax.lax.optimization_barrier(bits)
                 grow_keys = selection.KeySource((survive, bits), _random_grow_keys)
             # Survivors rank above every candidate; the top k are the survivors and the d
             # candidates of largest score.

@@ -224,20 +224,19 @@ def magnitude_ste(
     structure = _check_structure(structure, "layer")
     rule = spec.compile_rule(prune, "prune")
 
-    def recompute(plan: Any, state: Any, p: list, g: Any, u: list) -> list[Array]:
-        del plan, g
+    def recompute(plan: Any, state: Any, p: list, g: Any, u: Any) -> list[Array]:
+        del plan, g, u  # p: the weights this step produces (reads "updated_params")
         s = schedule(state.count)[1]
         m = list(jax.tree_util.tree_leaves(state.masks))
         idx = _pruned(m)
         if structure is not None:
             for i in idx:
-                w = jnp.asarray(p[i] + u[i]).astype(jnp.asarray(p[i]).dtype)
-                m[i] = structure.from_scores(jnp.abs(w), s)[0].astype(bool)
+                m[i] = structure.from_scores(jnp.abs(jnp.asarray(p[i])), s)[0].astype(bool)
             return m
         if len(idx) > 1:  # one batched selection for all leaves
-            got = masks_lib.layer_thresholds([p[i] for i in idx], s, [u[i] for i in idx])[0]
+            got = masks_lib.layer_thresholds([p[i] for i in idx], s)[0]
         else:
-            got = [masks_lib.magnitude_threshold(p[i], s, u[i])[0] for i in idx]
+            got = [masks_lib.magnitude_threshold(p[i], s)[0] for i in idx]
         for i, new in zip(idx, got):
             m[i] = new
         return m
@@ -247,7 +246,7 @@ def magnitude_ste(
         init=_mask_init(rule, structure),
         turn=_turn(schedule),
         recompute=recompute,
-        reads=frozenset({"updates"}),
+        reads=frozenset({"updated_params"}),
         straight_through=True,
         adjust_grads=_sr_ste(lam),
     )
@@ -311,8 +310,6 @@ def random_ste(
         for i in _pruned(m):
             shape = np.shape(p[i])
             bits = random_bits(jax.random.fold_in(step_key, i), shape)
-            # Stored once: the hash is dearer than reading its result in every pass.
-            bits = jax.lax.optimization_barrier(bits)
             src = selection.KeySource((bits,), lambda b: b)
             m[i] = top_k_sources([src], selection.kept_count(math.prod(shape), s))[0]
         return m
