@@ -101,10 +101,48 @@ def _global_threshold(
     updates = [None] * len(leaves) if updates is None else updates
     sources = [radix_select.magnitude_source(x, ktype, u) for x, u in zip(leaves, updates)]
     total = sum(x.size for x in leaves)
-    kth = radix_select.kth_largest_key(sources, radix_select.kept_count(total, sparsity))
+    counted = _stacked_sources(leaves, updates, ktype) if stackable(leaves + updates) else sources
+    kth = radix_select.kth_largest_key(counted, radix_select.kept_count(total, sparsity))
     widest = max(dtypes, key=lambda d: jnp.dtype(d).itemsize)
     masks = [radix_select.at_least(src, kth) for src in sources]
     return masks, radix_select.key_to_magnitude(kth, widest)
+
+
+def _stacked_sources(
+    leaves: list[Array], updates: list[Any], ktype: jnp.dtype
+) -> list[radix_select.KeySource]:
+    """The keys of ``leaves`` (or ``leaves + updates``), small leaves of one shape stacked.
+
+    Ranked together, the keys of a hundred same-shaped leaves are one array to count, not a
+    hundred: the traced and compiled program does not grow with the number of leaves.
+    """
+    groups: dict[Any, list[int]] = {}
+    for i, x in enumerate(leaves):
+        if 0 < x.size <= _STACK_MAX:
+            groups.setdefault((x.shape, jnp.dtype(x.dtype)), []).append(i)
+    grouped = {i for same in groups.values() if len(same) > 1 for i in same}
+    out = [
+        radix_select.magnitude_source(x, ktype, u)
+        for i, (x, u) in enumerate(zip(leaves, updates))
+        if i not in grouped
+    ]
+    for same in groups.values():
+        if len(same) > 1:
+            out.append(radix_select.magnitude_source(_stack(leaves, updates, same), ktype))
+    return out
+
+
+def _stack(leaves: list[Array], updates: list[Any], which: list[int]) -> Array:
+    """``leaves[i]`` (or ``leaves[i] + updates[i]`` in the leaf's dtype, as optax adds them)
+    for ``i`` in ``which``, stacked on a new leading axis."""
+    stack = jnp.stack(
+        [
+            leaves[i] if updates[i] is None else (leaves[i] + updates[i]).astype(leaves[i].dtype)
+            for i in which
+        ]
+    )
+    # Materialised once, not recomputed in every counting pass.
+    return jax.lax.optimization_barrier(stack)
 
 
 # Leaves up to this size are stacked by shape and dtype for a batched selection, which costs a
@@ -155,16 +193,7 @@ def layer_kth(
                 parts.append(radix_select.Part(src, row))
             else:
                 # The weights this step produces, added in the leaf's dtype as optax does.
-                stack = jnp.stack(
-                    [
-                        leaves[i]
-                        if updates[i] is None
-                        else (leaves[i] + updates[i]).astype(leaves[i].dtype)
-                        for i in same
-                    ]
-                )
-                # Materialised once, not recomputed in every counting pass.
-                stack = jax.lax.optimization_barrier(stack)
+                stack = _stack(leaves, updates, same)
                 src = radix_select.magnitude_source(stack, ktype)
                 parts.append(radix_select.Part(src, row, True))
             row += len(same)
@@ -177,6 +206,23 @@ def layer_kth(
     return out
 
 
+def pick_rows(vector: Array) -> list[Array]:
+    """The entries of a 1-D ``vector`` as scalars, each picked with a constant one-hot mask.
+
+    For compile time: XLA compiles one kernel per distinct fused computation, and ``vector[r]``
+    fuses a different constant index into every consumer (a mask kernel per leaf, each
+    compiled anew). A one-hot array constant is an operand instead, so the kernels of all
+    leaves of one shape and dtype are the same program, compiled once. Measured: 48 masks of
+    48x48 leaves from one selection compile in a third of the time.
+    """
+    n = vector.shape[0]
+    dtype = vector.dtype
+    # The smallest value of the dtype, so that the max is exactly the picked entry (NaN too).
+    low = -jnp.inf if jnp.issubdtype(dtype, jnp.floating) else jnp.iinfo(dtype).min
+    low = jnp.asarray(low, dtype)
+    return [jnp.max(jnp.where(jnp.asarray(np.arange(n) == r), vector, low)) for r in range(n)]
+
+
 def layer_masks(
     leaves: list[Array], updates: list[Any], rows: dict[Any, list[list[int]]], kth: dict[Any, Array]
 ) -> tuple[list[Array], list[Array]]:
@@ -185,14 +231,15 @@ def layer_masks(
     thresholds: list[Any] = [jnp.zeros((), x.dtype) for x in leaves]
     for ktype, members in rows.items():
         order = [i for same in members for i in same]
-        values = {}
+        # One value per leaf: its threshold, as the float type of the keys. The k-th key is a
+        # key of the leaf, so the threshold holds it exactly in the leaf's dtype too, and its key
+        # is the k-th key again (NaN included), computed inside the mask kernel.
+        values = radix_select.key_to_magnitude(kth[ktype], radix_select.float_for(ktype))
+        per_row = pick_rows(values)
         for r, i in enumerate(order):
-            dtype = jnp.dtype(leaves[i].dtype)
-            if dtype not in values:
-                values[dtype] = radix_select.key_to_magnitude(kth[ktype], dtype)
             src = radix_select.magnitude_source(leaves[i], ktype, updates[i])
-            masks[i] = radix_select.at_least(src, kth[ktype][r])
-            thresholds[i] = values[dtype][r]
+            thresholds[i] = per_row[r].astype(leaves[i].dtype)
+            masks[i] = radix_select.at_least(src, radix_select.magnitude_keys(per_row[r], ktype))
     return masks, thresholds
 
 

@@ -56,7 +56,8 @@ def key_dtype(dtypes: Sequence[jnp.dtype]) -> jnp.dtype:
     )
 
 
-def _float_for(ktype: jnp.dtype) -> jnp.dtype:
+def float_for(ktype: jnp.dtype) -> jnp.dtype:
+    """The float type whose bits the keys of ``ktype`` are."""
     return jnp.dtype(jnp.float64) if ktype == jnp.uint64 else jnp.dtype(jnp.float32)
 
 
@@ -69,7 +70,7 @@ def magnitude_keys(x: ArrayLike, ktype: jnp.dtype | None = None) -> Array:
     """Unsigned integer keys ordered as ``|x|``, with every NaN mapped to the largest key."""
     x = jnp.asarray(x)
     ktype = key_dtype([x.dtype]) if ktype is None else jnp.dtype(ktype)
-    a = jnp.abs(x.astype(_float_for(ktype)))
+    a = jnp.abs(x.astype(float_for(ktype)))
     bits = lax.bitcast_convert_type(a, ktype)
     return jnp.where(jnp.isnan(a), _nan_key(ktype), bits)
 
@@ -77,7 +78,7 @@ def magnitude_keys(x: ArrayLike, ktype: jnp.dtype | None = None) -> Array:
 def key_to_magnitude(key: Array, dtype: jnp.dtype) -> Array:
     """The magnitude a key stands for, in ``dtype`` (NaN for the NaN key)."""
     ktype = key.dtype
-    value = lax.bitcast_convert_type(key, _float_for(ktype))
+    value = lax.bitcast_convert_type(key, float_for(ktype))
     value = jnp.where(key == _nan_key(ktype), jnp.nan, value)
     return value.astype(dtype)
 
