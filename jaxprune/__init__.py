@@ -78,7 +78,7 @@ from jaxprune._src.summaries import sparsity_table
 from jaxprune._src.transform import MagnitudePruningState
 from jaxprune._src.transform import magnitude_pruning
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 # Grouped by family, as in docs/api.md.
 __all__ = [

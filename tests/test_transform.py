@@ -119,7 +119,7 @@ def test_masks_change_only_on_pruning_steps():
 
 def test_masks_are_computed_from_the_weights_this_step_produces():
     params = {"w": jnp.array([[1.0, -2.0], [3.0, -4.0]])}
-    tx = jp.magnitude_pruning(jp.constant_sparsity(0.5, 0, frequency=1))
+    tx = jp.magnitude_pruning(jp.constant_sparsity(0.5, 0, frequency=1), recompute_from="updated")
     state = tx.init(params)
     # An update that reorders the magnitudes: the mask must follow the new weights.
     updates = {"w": jnp.array([[9.0, 2.0], [0.0, 4.0]])}
@@ -127,6 +127,20 @@ def test_masks_are_computed_from_the_weights_this_step_produces():
     new = optax.apply_updates(params, out)
     np.testing.assert_array_equal(new["w"], [[10.0, 0.0], [3.0, 0.0]])
     np.testing.assert_array_equal(state.masks["w"], [[True, False], [True, False]])
+    np.testing.assert_allclose(state.thresholds["w"], 3.0)
+
+
+def test_default_ranks_the_weights_before_the_update():
+    # The default, recompute_from="current", ranks w (as tfmot does at the start of a batch);
+    # the update then moves the kept weights and the pruned ones become exactly zero.
+    params = {"w": jnp.array([[1.0, -2.0], [3.0, -4.0]])}
+    tx = jp.magnitude_pruning(jp.constant_sparsity(0.5, 0, frequency=1))
+    state = tx.init(params)
+    updates = {"w": jnp.array([[9.0, 2.0], [0.0, 4.0]])}
+    out, state = tx.update(updates, state, params)
+    new = optax.apply_updates(params, out)
+    np.testing.assert_array_equal(state.masks["w"], [[False, False], [True, True]])
+    np.testing.assert_array_equal(new["w"], [[0.0, 0.0], [3.0, 0.0]])
     np.testing.assert_allclose(state.thresholds["w"], 3.0)
 
 

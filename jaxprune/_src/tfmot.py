@@ -125,8 +125,8 @@ def from_tfmot(schedule: Any) -> TfmotSchedule:
 
         (\mathrm{prune}_t, s_t) = \mathrm{schedule}(t + 1)
 
-    With ``recompute_from="current"`` in :func:`jaxprune.magnitude_pruning`, the masks are also
-    ranked on the weights at the start of the batch, as tfmot ranks them.
+    :func:`jaxprune.magnitude_pruning` (with its default ``recompute_from="current"``) also
+    ranks the masks on the weights at the start of the batch, as tfmot ranks them.
 
     Args:
       schedule: the schedule with tfmot's arguments: a :class:`PolynomialDecay`,

@@ -199,18 +199,18 @@ def magnitude_pruning(
     exclude: LeafRule | None = None,
     sparsity_map: Mapping[str, float | PruningSchedule] | None = None,
     structure: Any = None,
-    recompute_from: str = "updated",
+    recompute_from: str = "current",
 ) -> optax.GradientTransformationExtraArgs:
     r"""Prunes the smallest-magnitude weights on a schedule; place it last in an optax chain.
 
     At update ``t`` (the first update is ``t = 0``) with ``(should_prune, s) = schedule(t)``:
 
     1. if ``should_prune``, the masks are recomputed (inside ``lax.cond``, no host round-trip)
-       from the weights this step produces, :math:`w' = w + u`, by the rule of
-       :func:`jaxprune.magnitude_mask` at sparsity ``s``: per leaf (``scope="layer"``) or with
-       one threshold over all pruned leaves (``scope="global"``). With
-       ``recompute_from="current"`` they are computed from :math:`w`, the weights before this
-       update, as TensorFlow's Keras wrapper does at the start of a batch;
+       from :math:`w`, the weights before this update, as TensorFlow's Keras wrapper does at
+       the start of a batch, by the rule of :func:`jaxprune.magnitude_mask` at sparsity ``s``:
+       per leaf (``scope="layer"``) or with one threshold over all pruned leaves
+       (``scope="global"``). With ``recompute_from="updated"`` they are computed from the
+       weights this step produces, :math:`w' = w + u`;
     2. the updates become :math:`u_i` where the mask keeps entry ``i`` and :math:`-w_i` where it
        prunes it, so after ``optax.apply_updates`` every pruned weight is exactly ``0.0``, on
        every step, not only on pruning steps.
@@ -223,10 +223,10 @@ def magnitude_pruning(
     pruned weights are then no longer zero. :func:`jaxprune.check_pruned_zero` verifies it
     in a training loop.
 
-    With ``recompute_from="updated"`` a pruned weight is ranked as ``0 + u``, so it comes back
-    when its update alone ranks among the kept magnitudes (as in tfmot, which re-ranks weights
-    its optimizer moved); with ``"current"`` a pruned weight is ranked as ``0`` and comes back
-    only if the schedule's sparsity decreases enough.
+    With ``recompute_from="current"`` (the default) a pruned weight is ranked as ``0`` and
+    comes back only if the schedule's sparsity decreases enough; with ``"updated"`` it is
+    ranked as ``0 + u``, so it comes back when its update alone ranks among the kept
+    magnitudes.
 
     Args:
       schedule: when to prune and how much, e.g. :func:`jaxprune.polynomial_decay`; any
@@ -253,11 +253,13 @@ def magnitude_pruning(
         Structured leaves are always ranked on their own. A structure a leaf cannot take (e.g.
         blocks on a rank-4 kernel), or a custom structure whose mask does not have the leaf's
         shape, raises at ``init``.
-      recompute_from: ``"updated"`` (default) ranks the weights this step produces,
-        :math:`w + u`; ``"current"`` ranks the weights before this update. ``"current"`` is
-        cheaper on steps that do not prune: the masks' ``lax.cond`` then does not need the
-        updates, so XLA can fuse the optimizer's arithmetic straight into
-        ``optax.apply_updates`` (``benchmarks/step_overhead.py`` measures both).
+      recompute_from: ``"current"`` (default) ranks the weights before this update, as
+        tfmot does; ``"updated"`` ranks the weights this step produces, :math:`w + u`.
+        ``"current"`` is cheaper on every step: the masks' ``lax.cond`` does not need the
+        updates, so XLA fuses the optimizer's arithmetic straight into
+        ``optax.apply_updates`` (``benchmarks/step_overhead.py`` measures both: a step that
+        does not prune costs 1.03-1.04x a plain Adam step with ``"current"`` and 1.07-1.15x
+        with ``"updated"``). In jaxprune 0.1.0 the default was ``"updated"``.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``. Its state is a
