@@ -353,7 +353,7 @@ def test_sharded_run_equals_one_device():
         timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    for name in NAMES:
+    for name in NAMES + FISHER_NAMES:
         assert f"{name}: sharded == one device" in result.stdout, result.stdout
 
 
