@@ -2,7 +2,8 @@
 
 Every transformation of the conformance table runs its four updates with params sharded over
 a 2x4 mesh (kernels along their output axis, model-parallel) and on one device; params and masks
-must agree. Importing this module does nothing; it runs as a script.
+must agree. Fisher pruning's channel masks and signals are sharded like the channels they
+mask (d0's outputs, along "model"). Importing this module does nothing; it runs as a script.
 """
 
 import jax
@@ -28,6 +29,26 @@ def main():
             params, state = step(params, state)
         tc.assert_trees_close(params, trajectory[-1][0])
         tc.assert_trees_equal(tc.jp.get_masks(state), tc.jp.get_masks(trajectory[-1][1]))
+        print(f"{name}: sharded == one device", flush=True)
+    channels = NamedSharding(mesh, P("model"))
+    for name in tc.FISHER_NAMES:
+        tx, step, _, trajectory = tc.fisher_case(name)
+        params = jax.device_put(tc.init_params(), shardings)
+        state = tx.init(params)
+        fisher = tc.fisher_state_of(state)
+        sharded = fisher._replace(
+            channel_masks=jax.device_put(fisher.channel_masks, channels),
+            signals=jax.device_put(fisher.signals, channels),
+        )
+        state = (state[0], sharded)
+        for _ in range(tc.STEPS):
+            params, state = step(params, state)
+        assert params["d0"]["kernel"].sharding.is_equivalent_to(shardings["d0"]["kernel"], 2)
+        tc.assert_trees_close(params, trajectory[-1][0])
+        tc.assert_trees_equal(tc.channel_masks(state), tc.channel_masks(trajectory[-1][1]))
+        tc.assert_trees_close(
+            tc.fisher_state_of(state).signals, tc.fisher_state_of(trajectory[-1][1]).signals
+        )
         print(f"{name}: sharded == one device", flush=True)
 
 
