@@ -70,7 +70,7 @@ def test_plain_step_reference():
 
 def test_batched_masks_are_exact():
     # The masks and thresholds that the batched selection hands to each leaf are those of the
-    # leaf ranked on its own (the thresholds pass through a float32 value and back).
+    # leaf ranked on its own, in every float dtype and for NaN thresholds.
     from jaxprune._src import masks as masks_lib
 
     key = jax.random.key(0)

@@ -15,6 +15,7 @@ largest magnitude and is kept. The threshold is found by an exact linear-time ra
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -158,19 +159,23 @@ def stackable(arrays: list[Any]) -> bool:
     )
 
 
-def layer_rows(leaves: list[Any], stackable: bool) -> dict[Any, list[list[int]]]:
+def layer_rows(
+    leaves: list[Any], stackable: bool, axes: list[int | None] | None = None
+) -> dict[Any, list[list[int]]]:
     """How :func:`layer_kth` ranks ``leaves``: per key dtype, its parts (lists of leaf indices).
 
     The leaves of one part are stacked (one row each, in order); rows are numbered part after
-    part. Empty leaves take part in no selection.
+    part. A leaf with an axis in ``axes`` is a part of its own with one row per slice along that
+    axis (:func:`row_sizes`). Empty leaves take part in no selection.
     """
+    axes = [None] * len(leaves) if axes is None else axes
     out: dict[Any, list[list[int]]] = {}
     by_shape: dict[Any, list[int]] = {}
     for i, x in enumerate(leaves):
         if x.size == 0:
             continue
         ktype = radix_select.key_dtype([x.dtype])
-        if stackable and x.size <= _STACK_MAX:
+        if stackable and x.size <= _STACK_MAX and axes[i] is None:
             by_shape.setdefault((ktype, x.shape, jnp.dtype(x.dtype)), []).append(i)
         else:
             out.setdefault(ktype, []).append([i])
@@ -179,14 +184,47 @@ def layer_rows(leaves: list[Any], stackable: bool) -> dict[Any, list[list[int]]]
     return out
 
 
+def row_sizes(
+    leaves: list[Any], members: list[list[int]], axes: list[int | None]
+) -> list[tuple[int, int]]:
+    """``(leaf index, entries)`` for every row of ``members``, in row order."""
+    out = []
+    for same in members:
+        for i in same:
+            x, axis = leaves[i], axes[i]
+            if axis is None:
+                out.append((i, x.size))
+            else:
+                out.extend([(i, x.size // x.shape[axis])] * x.shape[axis])
+    return out
+
+
+def _slices_first(x: Any, axis: int | None) -> Any:
+    return x if x is None or axis in (None, 0) else jnp.moveaxis(x, axis, 0)
+
+
 def layer_kth(
-    leaves: list[Array], sparsity: Array, updates: list[Any], rows: dict[Any, list[list[int]]]
+    leaves: list[Array],
+    sparsity: Array,
+    updates: list[Any],
+    rows: dict[Any, list[list[int]]],
+    axes: list[int | None] | None = None,
 ) -> dict[Any, Array]:
     """Per key dtype, the k-th largest key of every row of ``rows`` (:func:`layer_rows`)."""
+    axes = [None] * len(leaves) if axes is None else axes
     out = {}
     for ktype, members in rows.items():
         parts, row = [], 0
         for same in members:
+            if len(same) == 1 and axes[same[0]] is not None:
+                # Slices along the axis are rows of their own (moved to the front: a copy
+                # unless the axis is already 0).
+                i = same[0]
+                x, u = (_slices_first(a, axes[i]) for a in (leaves[i], updates[i]))
+                src = radix_select.magnitude_source(x, ktype, u)
+                parts.append(radix_select.Part(src, row, True))
+                row += x.shape[0]
+                continue
             if len(same) == 1:
                 i = same[0]
                 src = radix_select.magnitude_source(leaves[i], ktype, updates[i])
@@ -197,11 +235,12 @@ def layer_kth(
                 src = radix_select.magnitude_source(stack, ktype)
                 parts.append(radix_select.Part(src, row, True))
             row += len(same)
-        order = [i for same in members for i in same]
+        sizes = row_sizes(leaves, members, axes)
         # Vectors, not a few scalar operations per leaf: each would be a small program to
         # compile.
-        s = sparsity if sparsity.ndim == 0 else sparsity[np.asarray(order)]
-        k = radix_select.kept_counts([leaves[i].size for i in order], s)
+        order = np.asarray([i for i, _ in sizes])
+        s = sparsity if sparsity.ndim == 0 else sparsity[order]
+        k = radix_select.kept_counts([n for _, n in sizes], s)
         out[ktype] = radix_select.kth_largest_keys(parts, k)
     return out
 
@@ -224,34 +263,64 @@ def pick_rows(vector: Array) -> list[Array]:
 
 
 def layer_masks(
-    leaves: list[Array], updates: list[Any], rows: dict[Any, list[list[int]]], kth: dict[Any, Array]
+    leaves: list[Array],
+    updates: list[Any],
+    rows: dict[Any, list[list[int]]],
+    kth: dict[Any, Array],
+    axes: list[int | None] | None = None,
 ) -> tuple[list[Array], list[Array]]:
-    """Masks and thresholds (in each leaf's dtype) from the keys :func:`layer_kth` found."""
+    """Masks and thresholds (in each leaf's dtype) from the keys :func:`layer_kth` found.
+
+    A leaf with an axis in ``axes`` gets one threshold per slice along it, a vector.
+    """
+    axes = [None] * len(leaves) if axes is None else axes
     masks: list[Any] = [jnp.ones(x.shape, bool) for x in leaves]
-    thresholds: list[Any] = [jnp.zeros((), x.dtype) for x in leaves]
+    thresholds: list[Any] = [
+        jnp.zeros(() if a is None else (x.shape[a],), x.dtype) for x, a in zip(leaves, axes)
+    ]
     for ktype, members in rows.items():
-        order = [i for same in members for i in same]
-        # One value per leaf: its threshold, as the float type of the keys. The k-th key is a
-        # key of the leaf, so the threshold holds it exactly in the leaf's dtype too, and its key
-        # is the k-th key again (NaN included), computed inside the mask kernel.
-        values = radix_select.key_to_magnitude(kth[ktype], radix_select.float_for(ktype))
-        per_row = pick_rows(values)
-        for r, i in enumerate(order):
-            src = radix_select.magnitude_source(leaves[i], ktype, updates[i])
-            thresholds[i] = per_row[r].astype(leaves[i].dtype)
-            masks[i] = radix_select.at_least(src, radix_select.magnitude_keys(per_row[r], ktype))
+        sizes = row_sizes(leaves, members, axes)
+        # Picked as keys (integers: exact; float max flushes subnormal thresholds to zero).
+        keys_of_rows = kth[ktype]
+        plain = [r for r, (i, _) in enumerate(sizes) if axes[i] is None]
+        # Single leaves take their key with pick_rows (compile time); a leaf of slices takes a
+        # slice of the vector.
+        vec = keys_of_rows if len(plain) == len(sizes) else keys_of_rows[np.asarray(plain, int)]
+        picked = dict(zip(plain, pick_rows(vec))) if plain else {}
+        r = 0
+        while r < len(sizes):
+            i = sizes[r][0]
+            if axes[i] is None:
+                src = radix_select.magnitude_source(leaves[i], ktype, updates[i])
+                thresholds[i] = radix_select.key_to_magnitude(picked[r], leaves[i].dtype)
+                masks[i] = radix_select.at_least(src, picked[r])
+                r += 1
+                continue
+            n = leaves[i].shape[axes[i]]
+            kth_slices = keys_of_rows[r : r + n]
+            x, u = (_slices_first(a, axes[i]) for a in (leaves[i], updates[i]))
+            src = radix_select.magnitude_source(x, ktype, u)
+            keep = src.keys(*src.arrays) >= kth_slices.reshape((n,) + (1,) * (x.ndim - 1))
+            masks[i] = jnp.moveaxis(keep, 0, axes[i])
+            thresholds[i] = radix_select.key_to_magnitude(kth_slices, leaves[i].dtype)
+            r += n
     return masks, thresholds
 
 
 def layer_thresholds(
-    leaves: list[Array], sparsity: ArrayLike, updates: list[Array | None] | None = None
+    leaves: list[Array],
+    sparsity: ArrayLike,
+    updates: list[Array | None] | None = None,
+    axes: list[int | None] | None = None,
 ) -> tuple[list[Array], list[Array]]:
     """Masks of ``leaves`` (or ``leaves + updates``), each leaf ranked on its own, in one go.
 
     Gives for every leaf what :func:`magnitude_threshold` gives, but with one batched selection
     for all leaves of one key width (:func:`radix_select.kth_largest_keys`), so that the compiled
     program does not grow with the number of leaves beyond a mask per leaf. ``sparsity`` is a
-    scalar or one value per leaf. Thresholds are in each leaf's dtype.
+    scalar or one value per leaf. Thresholds are in each leaf's dtype. A leaf with an axis in
+    ``axes`` (non-negative, or ``None``) has each of its slices along that axis ranked on its
+    own, as if it were a leaf, and a vector of thresholds, one per slice.
     """
     leaves = [jnp.asarray(x) for x in leaves]
     for x in leaves:
@@ -262,17 +331,25 @@ def layer_thresholds(
             f"sparsity must be a scalar or have one entry per leaf ({len(leaves)}), got shape "
             f"{s.shape}"
         )
-    return _layer_thresholds(leaves, s, updates)
+    axes = (None,) * len(leaves) if axes is None else tuple(axes)
+    for x, a in zip(leaves, axes):
+        if a is not None and not 0 <= a < x.ndim:
+            raise ValueError(f"axes: {a} is not an axis of a leaf of shape {x.shape}")
+    return _layer_thresholds(leaves, s, updates, axes)
 
 
-@jax.jit
+@functools.partial(jax.jit, static_argnums=3)
 def _layer_thresholds(
-    leaves: list[Array], sparsity: Array, updates: list[Array | None] | None
+    leaves: list[Array],
+    sparsity: Array,
+    updates: list[Array | None] | None,
+    axes: tuple[int | None, ...],
 ) -> tuple[list[Array], list[Array]]:
     updates = [None] * len(leaves) if updates is None else list(updates)
-    rows = layer_rows(leaves, stackable(leaves + updates))
-    kth = layer_kth(leaves, sparsity, updates, rows)
-    return layer_masks(leaves, updates, rows, kth)
+    axes = list(axes)
+    rows = layer_rows(leaves, stackable(leaves + updates), axes)
+    kth = layer_kth(leaves, sparsity, updates, rows, axes)
+    return layer_masks(leaves, updates, rows, kth, axes)
 
 
 def global_magnitude_masks(

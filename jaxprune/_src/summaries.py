@@ -328,7 +328,8 @@ def pruning_summaries(
     * ``"<path>/sparsity"``: the fraction of the leaf that its mask prunes (TensorFlow's
       ``zero_fraction(mask)``), for every pruned leaf;
     * ``"<path>/threshold"``: the leaf's last threshold (left out for a pruning state type
-      that keeps none);
+      that keeps none); ``"<path>/threshold/<j>"`` for each layer ``j`` of a leaf of stacked
+      layers (``stacked_axes`` in :func:`jaxprune.magnitude_pruning`);
     * ``"pruned/sparsity"``: entries the masks prune over all entries of the pruned leaves;
     * ``"overall/sparsity"``, when ``params`` are given: entries the masks prune over all
       entries of the float leaves of ``params``, pruned or not;
@@ -385,8 +386,12 @@ def pruning_summaries(
         size = math.prod(np.shape(m))
         zeros = size - count_kept(m)
         out[f"{path}/sparsity"] = zeros / size
-        if t is not None:
+        if t is not None and np.ndim(t) == 0:
             out[f"{path}/threshold"] = float(np.asarray(t, np.float64))
+        elif t is not None:
+            # A leaf of stacked layers (magnitude_pruning's stacked_axes): one per layer.
+            for j, value in enumerate(np.asarray(t, np.float64).reshape(-1)):
+                out[f"{path}/threshold/{j}"] = float(value)
         pruned += zeros
         total += size
     out["pruned/sparsity"] = pruned / total if total else 0.0

@@ -103,7 +103,14 @@ def skip_nan_turn(should_prune: ArrayLike, sparsity: ArrayLike) -> tuple[Array, 
     return should_prune & ~nan, should_prune & nan
 
 
-def check_structure(structure: Any, leaf: Any, path: str) -> None:
+def _per_slice(structure: Any, axis: int | None) -> Any:
+    """``structure`` applied to every slice along ``axis`` (thresholds: one per slice)."""
+    if axis is None:
+        return structure
+    return jax.vmap(structure, in_axes=(axis, None), out_axes=(axis, 0))
+
+
+def check_structure(structure: Any, leaf: Any, path: str, axis: int | None = None) -> None:
     """Traces ``structure(leaf, 0.5)`` abstractly: it must return a mask of the leaf's shape.
 
     So a structure the leaf cannot take, or a custom structure with a wrong mask shape, fails at
@@ -116,11 +123,12 @@ def check_structure(structure: Any, leaf: Any, path: str) -> None:
             f"from {structure!r}"
         )
     shape = tuple(np.shape(leaf))
-    if tuple(out[0].shape) != shape or tuple(out[1].shape) != ():
+    t_shape = () if axis is None else (shape[axis],)
+    if tuple(out[0].shape) != shape or tuple(out[1].shape) != t_shape:
         raise ValueError(
             f"the structure {structure!r} for {path!r} returns a mask of shape "
             f"{tuple(out[0].shape)} and a threshold of shape {tuple(out[1].shape)}; the leaf "
-            f"needs a mask of shape {shape} and a scalar threshold"
+            f"needs a mask of shape {shape} and a threshold of shape {t_shape}"
         )
 
 
@@ -191,6 +199,39 @@ def _leaf_structures(structure: Any) -> Any:
     return per_leaf
 
 
+def _leaf_axes(stacked_axes: Mapping[str, int] | None) -> Any:
+    """Validates ``stacked_axes``; returns ``(paths, leaves, chosen) -> per-leaf axis``."""
+    if stacked_axes is None:
+        return lambda paths, leaves, chosen: [None] * len(paths)
+    if not isinstance(stacked_axes, Mapping):
+        raise TypeError(
+            f"stacked_axes must be a mapping from regex to axis, e.g. {{'layers/': 0}}; got "
+            f"{stacked_axes!r}"
+        )
+    entries = leaf_rules.compile_map(stacked_axes, "stacked_axes")
+    for rx, value in entries:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"stacked_axes[{rx.pattern!r}] must be an int axis, got {value!r}")
+
+    def per_leaf(paths: list[str], leaves: list[Any], chosen: list[bool]) -> list[Any]:
+        out = []
+        for path, leaf, axis in zip(
+            paths, leaves, leaf_rules.lookup(entries, paths, chosen, "stacked_axes")
+        ):
+            if axis is None:
+                out.append(None)
+                continue
+            ndim = np.ndim(leaf)
+            if not -ndim <= axis < ndim:
+                raise ValueError(
+                    f"stacked_axes: {axis} is not an axis of {path!r}, of shape {np.shape(leaf)}"
+                )
+            out.append(int(axis) % ndim)
+        return out
+
+    return per_leaf
+
+
 def magnitude_pruning(
     schedule: PruningSchedule | Callable[[ArrayLike], tuple[Array, Array]],
     *,
@@ -200,6 +241,7 @@ def magnitude_pruning(
     sparsity_map: Mapping[str, float | PruningSchedule] | None = None,
     structure: Any = None,
     recompute_from: str = "current",
+    stacked_axes: Mapping[str, int] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Prunes the smallest-magnitude weights on a schedule; place it last in an optax chain.
 
@@ -261,6 +303,16 @@ def magnitude_pruning(
         does not prune costs 1.03-1.04x a plain Adam step with ``"current"`` and 1.07-1.15x
         with ``"updated"``). In jaxprune 0.1.0 the default was ``"updated"``.
 
+      stacked_axes: leaves that hold several layers stacked along an axis, as flax's
+        ``nn.scan`` and ``nnx.scan`` (and ``jax.lax.scan`` over stacked params) store them:
+        ``{regex: axis}``, e.g. ``{"layers/": 0}``. With ``scope="layer"`` every slice along
+        the axis is ranked on its own, as if it were a leaf, so every layer reaches the
+        sparsity, and the leaf's threshold in the state is a vector with one entry per slice.
+        A structure is applied to every slice (``jax.vmap`` over the axis). With
+        ``scope="global"`` the slices share the one threshold like any other entries, and
+        the map only changes how structures are applied. A regex that matches no pruned leaf,
+        or an axis the leaf does not have, is an error.
+
     Returns:
       An ``optax.GradientTransformationExtraArgs``. Its state is a
       :class:`MagnitudePruningState`; ``update`` needs ``params``.
@@ -293,24 +345,38 @@ def magnitude_pruning(
     excluded = leaf_rules.compile_rule(exclude, "exclude")
     leaf_schedules = _leaf_schedules(schedule, sparsity_map)
     leaf_structures = _leaf_structures(structure)
+    leaf_axes = _leaf_axes(stacked_axes)
 
-    def plan(params: Any) -> tuple[list[Any], Any, list[bool], list[Any], list[Any]]:
+    def together(sch: Any, st: Any) -> bool:
+        # With global scope, leaves on the main schedule and without a structure share one
+        # threshold; the others are ranked on their own.
+        return scope == "global" and sch is schedule and st is None
+
+    def plan(params: Any) -> tuple[list[Any], Any, list[bool], list[Any], list[Any], list[Any]]:
         paths, leaves, treedef = leaf_rules.flatten(params)
         chosen = leaf_rules.select(paths, leaves, rule, exclude=excluded)
         scheds = leaf_schedules(paths, chosen)
         structs = leaf_structures(paths, chosen)
-        return leaves, treedef, chosen, scheds, structs
+        # The stacking axis of a leaf whose slices are ranked on their own (None otherwise).
+        axes = [
+            None if a is None or together(sch, st) else a
+            for a, sch, st in zip(leaf_axes(paths, leaves, chosen), scheds, structs)
+        ]
+        return leaves, treedef, chosen, scheds, structs, axes
 
     def init_fn(params: Any) -> MagnitudePruningState:
-        leaves, treedef, chosen, _, structs = plan(params)
+        leaves, treedef, chosen, _, structs, axes = plan(params)
         paths = leaf_rules.flatten(params)[0]
-        for path, leaf, st in zip(paths, leaves, structs):
+        for path, leaf, st, axis in zip(paths, leaves, structs, axes):
             if st is not None:
                 # Trace the structure once on the leaf's shape, so a structure the leaf cannot
                 # take (e.g. blocks on a rank-4 kernel) fails here rather than inside a step.
-                check_structure(st, leaf, path)
+                check_structure(_per_slice(st, axis), leaf, path, axis)
         masks = masks_lib.masks_like(params, chosen)
-        thresholds = initial_thresholds(leaves)
+        thresholds = [
+            t if a is None else jnp.zeros((np.shape(x)[a],), t.dtype)
+            for t, x, a in zip(initial_thresholds(leaves), leaves, axes)
+        ]
         return MagnitudePruningState(
             count=jnp.zeros((), jnp.int32),
             masks=jax.tree_util.tree_unflatten(treedef, masks),
@@ -326,7 +392,7 @@ def magnitude_pruning(
             raise ValueError(
                 "magnitude_pruning needs the current params: call tx.update(updates, state, params)"
             )
-        p_leaves, treedef, chosen, scheds, structs = plan(params)
+        p_leaves, treedef, chosen, scheds, structs, axes = plan(params)
         u_leaves = treedef.flatten_up_to(updates)
         m_leaves = treedef.flatten_up_to(state.masks)
         t_leaves = treedef.flatten_up_to(state.thresholds)
@@ -347,15 +413,9 @@ def magnitude_pruning(
             should_prune, sparsity = sch(state.count)
             should_prune, skip = skip_nan_turn(should_prune, sparsity)
             skipped = skipped | skip
-            # With global scope, leaves on the main schedule and without a structure share one
-            # threshold; the others are ranked on their own.
-            together = [
-                j
-                for j, i in enumerate(idx)
-                if scope == "global" and sch is schedule and structs[i] is None
-            ]
+            shared = [j for j, i in enumerate(idx) if together(sch, structs[i])]
 
-            def recompute(operands, idx=idx, together=together):
+            def recompute(operands, idx=idx, together=shared):
                 p, u, _, _, s = operands
                 # With u, the weights this step produces, p + u, computed as
                 # optax.apply_updates does (chunk by chunk, never stored whole).
@@ -371,9 +431,12 @@ def magnitude_pruning(
                 # Unstructured leaves ranked on their own share one batched selection: the
                 # program does not grow by a selection per leaf.
                 alone = [j for j, i in enumerate(idx) if masks[j] is None and structs[i] is None]
-                if len(alone) > 1:
+                if len(alone) > 1 or any(axes[idx[j]] is not None for j in alone):
                     got = masks_lib.layer_thresholds(
-                        [p[j] for j in alone], s, [u[j] for j in alone]
+                        [p[j] for j in alone],
+                        s,
+                        [u[j] for j in alone],
+                        axes=[axes[idx[j]] for j in alone],
                     )
                     for j, m, t in zip(alone, *got):
                         masks[j], thrs[j] = m, t
@@ -384,7 +447,7 @@ def magnitude_pruning(
                         masks[j], thrs[j] = masks_lib.magnitude_threshold(p[j], s, u[j])
                         continue
                     x = p[j] if u[j] is None else jnp.asarray(p[j] + u[j]).astype(p[j].dtype)
-                    m, t = structs[i](x, s)
+                    m, t = _per_slice(structs[i], axes[i])(x, s)
                     masks[j], thrs[j] = m.astype(bool), jnp.asarray(t).astype(p[j].dtype)
                 return masks, thrs
 
