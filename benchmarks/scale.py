@@ -34,7 +34,7 @@ the ratios, which are not judged against the targets.
 
 Usage::
 
-    python benchmarks/scale.py                    # 1e9 bfloat16 parameters, ~2 minutes
+    python benchmarks/scale.py                    # 1e9 bfloat16 parameters, ~3 minutes
     python benchmarks/scale.py --quick            # 1e7: a smoke test (~15 s)
     python benchmarks/scale.py --params 3e8 --dtype float32
 """
