@@ -111,19 +111,22 @@ def at_least(source: KeySource, kth: ArrayLike) -> Array:
         return source.keys(*arrays) >= kth
 
     def chunked(*arrays):
-        flat = [a.reshape(-1) for a in arrays]
-        full, tail = divmod(size, _CPU_CHUNK)
+        last = -(-size // _CPU_CHUNK) - 1
+
+        def chunk(start):
+            return source.keys(*_flat_slices(arrays, start, _CPU_CHUNK)) >= kth
 
         def body(i, mask):
-            start = i * _CPU_CHUNK
-            pieces = [lax.dynamic_slice_in_dim(a, start, _CPU_CHUNK) for a in flat]
-            return lax.dynamic_update_slice_in_dim(mask, source.keys(*pieces) >= kth, start, 0)
+            # The last chunk ends at the end of the arrays, overlapping the one before it,
+            # whose entries get the same mask again. With no tail written after the loop, the
+            # loop's buffer is the output: no copy of the mask is made.
+            start = jnp.where(i == last, size - _CPU_CHUNK, i * _CPU_CHUNK)
+            return lax.dynamic_update_slice_in_dim(mask, chunk(start), start, 0)
 
-        mask = lax.fori_loop(0, full, body, jnp.zeros((size,), bool))
-        if tail:
-            rest = source.keys(*[a[full * _CPU_CHUNK :] for a in flat]) >= kth
-            mask = lax.dynamic_update_slice_in_dim(mask, rest, full * _CPU_CHUNK, 0)
-        return mask.reshape(shape)
+        # The mask starts as its first chunk, padded: a buffer of its own. Zeros would do, but
+        # XLA merges the zeros of several masks into one array and copies it into each.
+        first = jnp.pad(chunk(jnp.int32(0)), (0, size - _CPU_CHUNK))
+        return lax.fori_loop(1, last + 1, body, first).reshape(shape)
 
     return lax.platform_dependent(*arrays, cpu=chunked, default=lambda *a: source.keys(*a) >= kth)
 
@@ -221,6 +224,20 @@ def _rows_of(part: Part, values: Array) -> Array:
 _CPU_CHUNK = 1 << 18
 
 
+def _flat_slices(arrays: Sequence[Array], start: Array, length: int) -> list[Array]:
+    """Entries ``start .. start + length`` of each array of ``arrays``, flattened.
+
+    XLA's CPU compiler computes bfloat16 reshapes and slices in float32 (float normalization):
+    it widens the whole operand first, and in a loop the widened copy, being the same in every
+    iteration, is hoisted out of the loop and kept through it (4 bytes per entry). A barrier
+    that ties the arrays to ``start`` makes the operand differ from one iteration to the next,
+    so the widening stays in the slice's own kernel, which reads only the slice.
+    """
+    if any(jnp.issubdtype(a.dtype, jnp.floating) and a.dtype.itemsize < 4 for a in arrays):
+        arrays, start = lax.optimization_barrier((tuple(arrays), start))
+    return [lax.dynamic_slice_in_dim(a.reshape(-1), start, length) for a in arrays]
+
+
 def _replicated(x: Array) -> NamedSharding | None:
     """A replicated sharding on ``x``'s mesh when that mesh has explicit axes, else ``None``.
 
@@ -270,16 +287,15 @@ def _hist_pass(
         # Keys keep the arrays' own shape: flattening an array sharded along an inner axis
         # would gather it onto every device.
         return _add_to_hist(hist, keys_fn(*arrays), part, shift, width, prefix)
-    flat = [a.reshape(-1) for a in arrays]
     full, tail = divmod(size, chunk)
 
     def body(i, h):
-        pieces = [lax.dynamic_slice_in_dim(a, i * chunk, chunk) for a in flat]
+        pieces = _flat_slices(arrays, i * chunk, chunk)
         return _add_to_hist(h, keys_fn(*pieces), part, shift, width, prefix)
 
     hist = lax.fori_loop(0, full, body, hist)
     if tail:
-        rest = keys_fn(*[a[full * chunk :] for a in flat])
+        rest = keys_fn(*_flat_slices(arrays, jnp.int32(full * chunk), tail))
         hist = _add_to_hist(hist, rest, part, shift, width, prefix)
     return hist
 
