@@ -16,6 +16,8 @@ Usage::
 
     python benchmarks/compile_time.py            # layer and global scope
     python benchmarks/compile_time.py --quick    # 6 layers, fewer repetitions (smoke test)
+    python benchmarks/compile_time.py --stacked  # the layers stacked by lax.scan, as nn.scan
+                                                 # stores them (stacked_axes: layer by layer)
 """
 
 from __future__ import annotations
@@ -53,10 +55,34 @@ def init_params(layers: int) -> dict:
 
 
 def loss_fn(params: dict, x: jax.Array) -> jax.Array:
+    if "stack" in params:
+        return stacked_loss(params, x)
     h = x
     for block in params.values():
         for j in range(KERNELS_PER_LAYER):
             h = jnp.tanh(h @ block[f"kernel_{j}"] + block[f"bias_{j}"][None])
+    return jnp.mean((h - x) ** 2)
+
+
+def stacked_params(layers: int) -> dict:
+    """The same model with its layers stacked, as ``nn.scan`` stores them: 8 leaves of
+    ``(layers, 48, 48)`` (pruned with ``stacked_axes``, ranked layer by layer) and 8 biases."""
+    flat = init_params(layers)
+    return {
+        "stack": {
+            name: jnp.stack([flat[f"layer_{i}"][name] for i in range(layers)])
+            for name in flat["layer_0"]
+        }
+    }
+
+
+def stacked_loss(params: dict, x: jax.Array) -> jax.Array:
+    def body(h, block):
+        for j in range(KERNELS_PER_LAYER):
+            h = jnp.tanh(h @ block[f"kernel_{j}"] + block[f"bias_{j}"][None])
+        return h, None
+
+    h, _ = jax.lax.scan(body, x, params["stack"])
     return jnp.mean((h - x) ** 2)
 
 
@@ -89,18 +115,25 @@ def set_count(opt_state, count: int):
     return jax.tree.map(fix, opt_state, is_leaf=lambda s: isinstance(s, jp.MagnitudePruningState))
 
 
+def _named(params) -> list[tuple[str, jax.Array]]:
+    return [(jax.tree_util.keystr(p), x) for p, x in jax.tree_util.tree_leaves_with_path(params)]
+
+
 def kernel_sparsity(params) -> float:
-    kernels = [x for x in jax.tree.leaves(params) if x.ndim >= 2]
+    kernels = [x for p, x in _named(params) if "kernel" in p]
     return sum(int(jnp.sum(x == 0)) for x in kernels) / sum(x.size for x in kernels)
 
 
-def run(layers: int, reps: int, compiles: int, scopes: Sequence[str]) -> list[str]:
-    params = init_params(layers)
+def run(
+    layers: int, reps: int, compiles: int, scopes: Sequence[str], stacked: bool = False
+) -> list[str]:
+    params = stacked_params(layers) if stacked else init_params(layers)
     x = jax.random.normal(jax.random.key(1), (32, WIDTH))
-    pruned = sum(x.ndim >= 2 for x in jax.tree.leaves(params))
+    pruned = sum(x.ndim >= 2 and "kernel" in p for p, x in _named(params))
+    how = "stacked by lax.scan into" if stacked else "="
     print(
-        f"model: {layers} layers x {KERNELS_PER_LAYER} kernels {WIDTH}x{WIDTH} = {pruned} pruned "
-        f"leaves, {sum(x.size for x in jax.tree.leaves(params)):,} parameters; adam",
+        f"model: {layers} layers x {KERNELS_PER_LAYER} kernels {WIDTH}x{WIDTH} {how} {pruned} "
+        f"pruned leaves, {sum(x.size for x in jax.tree.leaves(params)):,} parameters; adam",
         flush=True,
     )
     plain_tx = optax.adam(1e-3)
@@ -111,7 +144,9 @@ def run(layers: int, reps: int, compiles: int, scopes: Sequence[str]) -> list[st
     for scope in scopes:
         # The window begins at step 1: count 0 does not prune, count 1 does (one executable).
         schedule = jp.constant_sparsity(SPARSITY, begin_step=1, frequency=1)
-        tx = optax.chain(optax.adam(1e-3), jp.magnitude_pruning(schedule, scope=scope))
+        axes = {"kernel": 0} if stacked else None
+        pruning = jp.magnitude_pruning(schedule, scope=scope, stacked_axes=axes)
+        tx = optax.chain(optax.adam(1e-3), pruning)
         state = tx.init(params)
         idle, prune = set_count(state, 0), set_count(state, 1)
         seconds, exe = compile_seconds(make_step(tx), (params, idle, x), compiles)
@@ -153,6 +188,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=None, help="step repetitions (30)")
     parser.add_argument("--compiles", type=int, default=None, help="compilations each (3)")
     parser.add_argument("--scope", choices=("layer", "global", "both"), default="both")
+    parser.add_argument(
+        "--stacked",
+        action="store_true",
+        help="layers stacked in 8 leaves and run by lax.scan (pruned with stacked_axes)",
+    )
     args = parser.parse_args(argv)
     layers = args.layers or (6 if args.quick else 24)
     reps = args.reps or (5 if args.quick else 30)
@@ -166,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"({platform.machine()}), jax {jax.__version__}, python {platform.python_version()}",
         flush=True,
     )
-    lines = run(layers, reps, compiles, scopes)
+    lines = run(layers, reps, compiles, scopes, args.stacked)
     print()
     print("\n".join(lines))
     return 0

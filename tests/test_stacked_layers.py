@@ -171,3 +171,28 @@ def test_bad_stacked_axes():
         jp.magnitude_pruning(SCHEDULE, stacked_axes={"nothing": 0}).init(params)
     with pytest.raises(ValueError, match="axes"):
         masks_lib.layer_thresholds([jnp.ones((2, 2))], 0.5, axes=[2])
+
+
+def test_stacked_leaves_of_one_shape_share_a_selection():
+    # Several stacked leaves of one shape are ranked in one part (a stack of stacks); each
+    # layer of each leaf still gets its own threshold. A leaf of another shape and a plain
+    # leaf take part in the same selection.
+    key = jax.random.key(5)
+    shapes = [(3, 6, 4), (3, 6, 4), (2, 5, 5), (6, 4)]
+    leaves = [
+        jax.random.normal(jax.random.fold_in(key, i), s) * (i + 1) for i, s in enumerate(shapes)
+    ]
+    updates = [jax.random.normal(jax.random.fold_in(key, 10 + i), s) for i, s in enumerate(shapes)]
+    sparsity = jnp.array([0.5, 0.25, 0.7, 0.4])
+    for ups in (None, updates):
+        masks, thresholds = masks_lib.layer_thresholds(leaves, sparsity, ups, axes=[0, 0, 0, None])
+        for i, x in enumerate(leaves):
+            w = np.asarray(x if ups is None else x + ups[i])
+            if i == 3:
+                np.testing.assert_array_equal(masks[i], reference_mask(w, 0.4)[0])
+                continue
+            assert thresholds[i].shape == (x.shape[0],)
+            for layer in range(x.shape[0]):
+                want, kth = reference_mask(w[layer], float(sparsity[i]))
+                np.testing.assert_array_equal(masks[i][layer], want)
+                assert float(thresholds[i][layer]) == np.float32(kth)

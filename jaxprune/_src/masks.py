@@ -175,11 +175,11 @@ def layer_rows(
         if x.size == 0:
             continue
         ktype = radix_select.key_dtype([x.dtype])
-        if stackable and x.size <= _STACK_MAX and axes[i] is None:
-            by_shape.setdefault((ktype, x.shape, jnp.dtype(x.dtype)), []).append(i)
+        if stackable and x.size <= _STACK_MAX:
+            by_shape.setdefault((ktype, x.shape, jnp.dtype(x.dtype), axes[i]), []).append(i)
         else:
             out.setdefault(ktype, []).append([i])
-    for (ktype, _, _), same in by_shape.items():
+    for (ktype, _, _, _), same in by_shape.items():
         out.setdefault(ktype, []).append(same)
     return out
 
@@ -216,14 +216,19 @@ def layer_kth(
     for ktype, members in rows.items():
         parts, row = [], 0
         for same in members:
-            if len(same) == 1 and axes[same[0]] is not None:
+            if axes[same[0]] is not None:
                 # Slices along the axis are rows of their own (moved to the front: a copy
-                # unless the axis is already 0).
-                i = same[0]
-                x, u = (_slices_first(a, axes[i]) for a in (leaves[i], updates[i]))
-                src = radix_select.magnitude_source(x, ktype, u)
+                # unless the axis is already 0); leaves of one shape stacked in one part.
+                moved = [[_slices_first(a, axes[i]) for a in (leaves[i], updates[i])] for i in same]
+                if len(same) == 1:
+                    src = radix_select.magnitude_source(moved[0][0], ktype, moved[0][1])
+                else:
+                    both = [[x for x, _ in moved], [u for _, u in moved]]
+                    stack = _stack(*both, list(range(len(same))))
+                    stack = stack.reshape((-1,) + stack.shape[2:])
+                    src = radix_select.magnitude_source(stack, ktype)
                 parts.append(radix_select.Part(src, row, True))
-                row += x.shape[0]
+                row += len(same) * moved[0][0].shape[0]
                 continue
             if len(same) == 1:
                 i = same[0]
