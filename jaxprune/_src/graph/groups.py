@@ -244,20 +244,29 @@ def group_scores(
     *,
     criterion: str = "l2",
     exclude: str | None = None,
+    grads: Any = None,
 ) -> list[jax.Array]:
-    """Scores every channel of every group by the norm of its weights in all members.
+    """Scores every channel of every group by its weights (and gradients) in all members.
 
-    The score of channel ``c`` of a group is the norm of the concatenation of
-    channel ``c``'s slices of every member: with ``criterion="l2"``,
-    :math:`\\sqrt{\\sum_m \\lVert W_m[c]\\rVert_2^2}`, with ``"l1"``,
-    :math:`\\sum_m \\lVert W_m[c]\\rVert_1`.
+    The score of channel ``c`` of a group is computed over channel ``c``'s
+    slices of every member: with ``criterion="l2"`` the norm of their
+    concatenation, :math:`\\sqrt{\\sum_m \\lVert W_m[c]\\rVert_2^2}`; with ``"l1"``,
+    :math:`\\sum_m \\lVert W_m[c]\\rVert_1`; with ``"taylor"``, the first-order
+    Taylor estimate of the change in loss when the channel is removed,
+    :math:`\\lvert \\sum_m \\sum W_m[c] \\odot G_m[c] \\rvert` with :math:`G` the gradients
+    of the loss (Molchanov et al. 2019, on the whole group): removing the channel
+    moves every member's weights by :math:`-W_m[c]`.
 
     Args:
       params: the parameters the groups were found on.
       groups: the result of :func:`dependency_groups`.
-      criterion: ``"l2"`` or ``"l1"``.
+      criterion: ``"l2"``, ``"l1"`` or ``"taylor"``.
       exclude: a regex searched in member leaf paths; matching members do not
-        count (e.g. ``"batch_stats"`` leaves linen's running statistics out).
+        count (e.g. ``"batch_stats"`` leaves linen's running statistics out:
+        they have no gradient).
+      grads: for ``"taylor"`` only (required there): the gradients of the loss
+        with respect to ``params``, a tree with the same leaf paths (e.g.
+        ``jax.grad(loss)(params)``, summed or averaged over a calibration batch).
 
     Returns:
       One float32 array of shape ``(group.size,)`` per group.
@@ -275,10 +284,17 @@ def group_scores(
       >>> [s.tolist() for s in group_scores(p, groups)]
       [[5.0, 1.0]]
     """
-    if criterion not in ("l2", "l1"):
-        raise ValueError(f"criterion must be 'l2' or 'l1', got {criterion!r}.")
+    if criterion not in ("l2", "l1", "taylor"):
+        raise ValueError(f"criterion must be 'l2', 'l1' or 'taylor', got {criterion!r}.")
+    if (grads is None) != (criterion != "taylor"):
+        raise ValueError(
+            "grads must be given with criterion='taylor' (the gradients of the loss with respect "
+            f"to params) and only then; got criterion={criterion!r} and grads "
+            f"{'None' if grads is None else 'given'}."
+        )
     _check_groups(groups)
     leaves = _leaves_by_path(params)
+    grad_leaves = None if grads is None else _leaves_by_path(grads)
     rx = re.compile(exclude) if exclude is not None else None
     out = []
     for g in groups:
@@ -289,11 +305,26 @@ def group_scores(
             if path not in leaves:
                 raise ValueError(f"group {g.name!r}: member {path!r} is not a leaf of params.")
             w = jnp.asarray(leaves[path], jnp.float32)
-            w = jnp.abs(w) if criterion == "l1" else jnp.square(w)
+            if grad_leaves is not None:
+                if path not in grad_leaves or np.shape(grad_leaves[path]) != w.shape:
+                    raise ValueError(
+                        f"grads: group {g.name!r} needs a gradient for {path!r} of shape "
+                        f"{w.shape}; exclude= leaves out members without one (e.g. "
+                        "'batch_stats')."
+                    )
+                w = w * jnp.asarray(grad_leaves[path], jnp.float32)
+            elif criterion == "l1":
+                w = jnp.abs(w)
+            else:
+                w = jnp.square(w)
             others = tuple(a for a in range(w.ndim) if a != axis)
             per_index = jnp.sum(w, axis=others)
             total = total + jnp.sum(per_index[g.positions(i)], axis=1)
-        out.append(jnp.sqrt(total) if criterion == "l2" else total)
+        if criterion == "l2":
+            total = jnp.sqrt(total)
+        elif criterion == "taylor":
+            total = jnp.abs(total)
+        out.append(total)
     return out
 
 
