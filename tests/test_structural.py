@@ -565,3 +565,54 @@ def test_taylor_needs_grads():
         group_scores(p, groups, grads=p)
     with pytest.raises(ValueError, match="needs a gradient for 'b1'"):
         group_scores(p, groups, criterion="taylor", grads={"w2": p["w2"]})
+
+
+@pytest.mark.parametrize("scope", ["global", "group"])
+def test_group_masks_for_a_flop_budget(cnn, scope):
+    from jaxprune.structural import group_masks_for_flops
+
+    m, v, x = cnn
+    groups = dependency_groups(m.apply, v, x)
+    scores = group_scores(v, groups, exclude="batch_stats")
+    dense = float(count_flops(m.apply, v, x))
+    for target in (0.9, 0.6, 0.4):
+        keep, fraction = group_masks_for_flops(
+            m.apply, v, groups, scores, x, flops=target, scope=scope
+        )
+        small, small_fn = compact(m.apply, v, keep, x)
+        assert fraction == float(count_flops(small_fn, small, x)) / dense
+        assert fraction <= target
+        # The cut follows the ranking of group_masks: the kept channels are those it keeps
+        # at some sparsity, and keeping more channels (the cut just before) costs too much.
+        counts = [int(k.sum()) for k in keep]
+        assert all(c >= 1 for c in counts)
+        removed = sum(g.size for g in groups) - sum(counts)
+        if removed:
+            found = [
+                s
+                for s in np.linspace(0, 0.99, 400)
+                if [k.tolist() for k in group_masks(scores, groups, sparsity=s, scope=scope)]
+                == [k.tolist() for k in keep]
+            ]
+            assert found
+            before = group_masks(scores, groups, sparsity=max(found[0] - 0.01, 0), scope=scope)
+            if [k.tolist() for k in before] != [k.tolist() for k in keep]:
+                bigger, bigger_fn = compact(m.apply, v, before, x)
+                assert float(count_flops(bigger_fn, bigger, x)) / dense > target
+
+
+def test_group_masks_for_flops_bad_budget(cnn):
+    from jaxprune.structural import group_masks_for_flops
+
+    m, v, x = cnn
+    groups = dependency_groups(m.apply, v, x)
+    scores = group_scores(v, groups, exclude="batch_stats")
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="flops must be a fraction"):
+            group_masks_for_flops(m.apply, v, groups, scores, x, flops=bad)
+    with pytest.raises(TypeError, match="flops must be a fraction"):
+        group_masks_for_flops(m.apply, v, groups, scores, x, flops="half")
+    with pytest.raises(ValueError, match="no cut reaches flops=0.001"):
+        group_masks_for_flops(m.apply, v, groups, scores, x, flops=0.001)
+    keep, fraction = group_masks_for_flops(m.apply, v, groups, scores, x, flops=1.0)
+    assert fraction == 1.0 and all(k.all() for k in keep)

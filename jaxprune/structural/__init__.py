@@ -1,7 +1,8 @@
 """Structural pruning: dependency groups from the jaxpr, and compaction into a smaller model.
 
 :func:`dependency_groups` finds the parameter axes that must lose the same channels together,
-:func:`group_scores` and :func:`group_masks` choose the channels to keep, and :func:`compact`
+:func:`group_scores` and :func:`group_masks` choose the channels to keep (for a FLOP budget,
+:func:`group_masks_for_flops`), and :func:`compact`
 removes the others (these four are also at the top level). Here too: the types they return
 (:class:`DependencyGroups`, :class:`Group`, :class:`BlockedAxis`) and
 :func:`group_weight_masks`, the boolean masks that zero the pruned channels of every group (the
@@ -11,6 +12,7 @@ masked model that the compacted one reproduces; ``docs/structural.md``).
 # One name per line (isort would merge them).
 # ruff: noqa: I001
 
+from jaxprune._src.graph.budget import group_masks_for_flops
 from jaxprune._src.graph.compact import compact
 from jaxprune._src.graph.compact import group_weight_masks
 from jaxprune._src.graph.groups import BlockedAxis
@@ -27,6 +29,7 @@ __all__ = [
     "compact",
     "dependency_groups",
     "group_masks",
+    "group_masks_for_flops",
     "group_scores",
     "group_weight_masks",
 ]
