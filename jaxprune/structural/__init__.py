@@ -15,6 +15,8 @@ masked model that the compacted one reproduces; ``docs/structural.md``).
 from jaxprune._src.graph.budget import group_masks_for_flops
 from jaxprune._src.graph.compact import compact
 from jaxprune._src.graph.compact import group_weight_masks
+from jaxprune._src.graph.rebuild import compact_nnx
+from jaxprune._src.graph.rebuild import nnx_function
 from jaxprune._src.graph.groups import BlockedAxis
 from jaxprune._src.graph.groups import DependencyGroups
 from jaxprune._src.graph.groups import Group
@@ -27,9 +29,11 @@ __all__ = [
     "DependencyGroups",
     "Group",
     "compact",
+    "compact_nnx",
     "dependency_groups",
     "group_masks",
     "group_masks_for_flops",
     "group_scores",
     "group_weight_masks",
+    "nnx_function",
 ]
