@@ -255,3 +255,17 @@ def test_property_global_vs_per_layer(xs, sparsity):
     np.testing.assert_array_equal(got, reference_mask(flat, sparsity))
     if len(xs) == 1:
         np.testing.assert_array_equal(masks["l0"], jit_mask(xs[0], sparsity))
+
+
+def test_updated_bfloat16_weights_are_ranked_as_stored():
+    # 1 + 2**-9 and 1 + 2**-10 are both stored as 1.0 in bfloat16: the two weights tie and
+    # both survive, even where XLA would keep their sum in float32 (excess precision).
+    from jaxprune._src import masks as masks_lib
+
+    x = jnp.array([1.0, 1.0, 0.1, 0.1], jnp.bfloat16)
+    u = jnp.array([2.0**-9, 2.0**-10, 0.0, 0.0], jnp.bfloat16)
+    want = [True, True, False, False]
+    assert masks_lib.magnitude_threshold(x, 0.75, u)[0].tolist() == want
+    assert masks_lib.global_threshold([x], 0.75, [u])[0][0].tolist() == want
+    for m in masks_lib.layer_thresholds([x, x], 0.75, [u, u])[0]:
+        assert m.tolist() == want

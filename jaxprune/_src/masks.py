@@ -138,7 +138,7 @@ def _stack(leaves: list[Array], updates: list[Any], which: list[int]) -> Array:
     for ``i`` in ``which``, stacked on a new leading axis."""
     stack = jnp.stack(
         [
-            leaves[i] if updates[i] is None else (leaves[i] + updates[i]).astype(leaves[i].dtype)
+            leaves[i] if updates[i] is None else radix_select.added(leaves[i], updates[i])
             for i in which
         ]
     )

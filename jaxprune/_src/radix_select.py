@@ -135,9 +135,21 @@ def magnitude_source(x: Array, ktype: jnp.dtype, update: Array | None = None) ->
     """Keys of ``|x|`` (or of ``|x + update|``, added in x's dtype as optax does)."""
     if update is None:
         return KeySource((x,), lambda a: magnitude_keys(a, ktype))
-    return KeySource(
-        (x, update), lambda a, b: magnitude_keys(jnp.asarray(a + b).astype(a.dtype), ktype)
-    )
+    return KeySource((x, update), lambda a, b: magnitude_keys(added(a, b), ktype))
+
+
+def added(a: Array, b: Array) -> Array:
+    """``a + b`` rounded to ``a``'s dtype, as ``optax.apply_updates`` stores it.
+
+    XLA may keep a narrow float sum in float32 (excess precision) when it is not stored, so
+    the rounding is forced: ranking the unrounded sum could keep one of two weights that the
+    step stores as equal.
+    """
+    out = jnp.asarray(a + b).astype(a.dtype)
+    if jnp.issubdtype(out.dtype, jnp.floating) and out.dtype.itemsize < 4:
+        info = jnp.finfo(out.dtype)
+        out = lax.reduce_precision(out, exponent_bits=info.nexp, mantissa_bits=info.nmant)
+    return out
 
 
 class Part(NamedTuple):

@@ -95,7 +95,7 @@ def _init_fn(key: Array, sparsity: Any, rule: Any) -> Any:
 def _drop_keys(ktype: Any, w: Array, m: Array, u: Array | None = None) -> Array:
     """Keys of the active weights by magnitude (of ``w + u`` with ``u``), inactive ones 0."""
     if u is not None:
-        w = jnp.asarray(w + u).astype(w.dtype)
+        w = selection.added(w, u)
     return lift(selection.magnitude_keys(w, ktype), m)
 
 
