@@ -18,8 +18,10 @@ Usage::
     python benchmarks/results.py --list            # the row names
 
 Fisher pruning rows (``fisher-<rule>-<FLOPs %>``) come four to a pruning run: one run per
-rule and model prunes to every level of ``FLOPs kept``. Compaction rows
-(``compact-l2-50``) also record parameters and the measured latency of the compacted model.
+rule and model prunes to every level of ``FLOPs kept``. ``dense-long`` trains the dense model
+for as many steps as the longest Fisher row of the same model in ``--json`` (run the Fisher rows
+first). Compaction rows (``compact-l2-50``) also record parameters and the measured latency of
+the compacted model. ``oneshot-*-all-*`` rows (CNN only) prune the convolution kernels too.
 
 Writes ``benchmarks/RESULTS.md`` (the table), ``benchmarks/results.json`` (every number),
 ``benchmarks/results_mlp.png`` / ``results_cnn.png`` (accuracy against sparsity) and
@@ -92,6 +94,7 @@ METHODS = (
     "acdc",
     "oneshot",
     "fisher",
+    "dense_long",
     "compact",
 )
 SPARSE_TRAINING = (
@@ -119,12 +122,26 @@ QUICK_ROWS = (
     "oneshot-magnitude-50",
     "oneshot-wanda-50",
     "oneshot-sparsegpt-50",
-    *(f"fisher-{rule}-{round(100 * lv)}" for rule in ("b0", "ratio") for lv in rt.FISHER_LEVELS),
+    "oneshot-magnitude-all-50",
+    "oneshot-wanda-all-50",
+    "oneshot-sparsegpt-all-50",
+    *(
+        f"fisher-{rule}-{round(100 * lv)}"
+        for rule in ("b0", "ratio", "beta")
+        for lv in rt.FISHER_LEVELS
+    ),
+    "dense-long",
     "compact-l2-50",
 )
-# Fisher pruning's two rules: the signal alone (beta = 0) and the FLOP-aware rule that
-# docs/fisher.md recommends, signal / FLOPs saved ("ratio"), which has no beta to choose.
-FISHER_RULES = (("b0", {"criterion": "difference", "beta": 0.0}), ("ratio", {"criterion": "ratio"}))
+# Fisher pruning's rules: the signal alone (beta = 0); the hyperparameter-free FLOP-aware rule
+# that docs/fisher.md recommends, signal / FLOPs saved ("ratio"); and the paper's penalised
+# rule, signal - beta * FLOPs saved, with each seed's beta set at its first pruning turn to the
+# network's signal per FLOP, sum of signals / sum of marginal FLOPs (rt.fisher_beta).
+FISHER_RULES = (
+    ("b0", {"criterion": "difference", "beta": 0.0}),
+    ("ratio", {"criterion": "ratio"}),
+    ("beta", {"criterion": "difference", "beta_rule": "signal-per-flop"}),
+)
 
 
 def row_name(method: str, extra: dict, sparsity: float, dist: str) -> str:
@@ -133,7 +150,10 @@ def row_name(method: str, extra: dict, sparsity: float, dist: str) -> str:
 
 
 def all_rows() -> list[dict]:
-    """Every row of one model, in table order: ``{"name", "group", "method", ...}``."""
+    """Every row, in table order: ``{"name", "group", "method", ...}``.
+
+    A row with ``"models"`` is run for those models only; the others for every model.
+    """
     rows = [{"name": "dense", "group": "dense", "method": "dense"}]
     for scope in ("layer", "global"):
         for s in (0.5, 0.8, 0.9, 0.95):
@@ -205,6 +225,24 @@ def all_rows() -> list[dict]:
                         "finetune": finetune,
                     }
                 )
+    # The CNN's convolutions pruned too (the MLP has none: its rows above prune every kernel).
+    # 2:4 does not apply to them: N:M groups run along a kernel's flattened inputs, kh*kw*cin
+    # = 25 and 150 here, which 4 does not divide (prune_oneshot refuses them).
+    for finetune in (False, True):
+        for criterion in ("magnitude", "wanda", "sparsegpt"):
+            rows.append(
+                {
+                    "name": f"oneshot-{criterion}-all-50" + ("-ft" if finetune else ""),
+                    "group": "one-shot, all kernels" + (" + fine-tune" if finetune else ""),
+                    "method": "oneshot",
+                    "criterion": criterion,
+                    "pattern": "50",
+                    "sparsity": 0.5,
+                    "finetune": finetune,
+                    "layers": "all",
+                    "models": ["cnn"],
+                }
+            )
     for rule, options in FISHER_RULES:
         for level in rt.FISHER_LEVELS:
             rows.append(
@@ -217,6 +255,8 @@ def all_rows() -> list[dict]:
                     "flops_kept": level,
                 }
             )
+    # The control of the Fisher rows' extra training: dense, as many steps as the longest one.
+    rows.append({"name": "dense-long", "group": "dense control", "method": "dense_long"})
     rows.append(
         {
             "name": "compact-l2-50",
@@ -298,6 +338,8 @@ def select_rows(args: argparse.Namespace) -> list[tuple[str, dict]]:
     chosen = []
     for model in args.models:
         for row in rows:
+            if "models" in row and model not in row["models"]:
+                continue
             full = f"{model}/{row['name']}"
             if args.only and not any(
                 fnmatch.fnmatchcase(full, p) or fnmatch.fnmatchcase(row["name"], p)
@@ -362,6 +404,60 @@ def save_results(path: Path, data: dict) -> None:
 def is_done(results: dict, key: str, config: dict) -> bool:
     row = results["rows"].get(key)
     return row is not None and row.get("config") == config
+
+
+def row_config(model: str, row: dict, budget_name: str, data: rt.Data) -> dict:
+    """The config a row of ``model`` has when run now with this budget and data."""
+    budget_dict = BUDGETS[budget_name]
+    config = config_of(model, row, budget_dict, len(data.x_train), len(data.x_test))
+    config["steps"] = rt.total_steps(data, make_budget(budget_name, model))
+    config.update(method_settings(row, config["steps"]))
+    return config
+
+
+def make_budget(budget_name: str, model: str) -> rt.Budget:
+    budget_dict = BUDGETS[budget_name]
+    return rt.Budget(
+        **{**model_budget(budget_dict, model), "seeds": budget_dict["seeds"]},
+        finetune_fraction=FINETUNE_FRACTION,
+    )
+
+
+def dense_long_steps(results: dict, budget_name: str, model: str, data: rt.Data) -> dict:
+    """``dense-long``'s steps: those of the longest Fisher row of ``model`` in ``results``.
+
+    A Fisher row's model (the seed that reached the row's level last) has trained for the
+    dense row's steps, then the pruning run's steps up to that level, then the fine-tune
+    steps. Only rows recorded with the current configuration count.
+
+    Raises:
+      RuntimeError: if ``results`` holds no such Fisher row of ``model``.
+    """
+    longest = None
+    for row in all_rows():
+        if row["method"] != "fisher":
+            continue
+        key = f"{budget_name}/{model}/{row['name']}"
+        config = row_config(model, row, budget_name, data)
+        if not is_done(results, key, config):
+            continue
+        e = results["rows"][key]["extra"]
+        pruning = max(s if s is not None else e["pruning_steps_run"] for s in e["reached_at_step"])
+        total = config["steps"] + pruning + e["finetune_steps"]
+        if longest is None or total > longest["steps"]:
+            longest = {
+                "steps": total,
+                "longest_fisher_row": row["name"],
+                "pruning_steps": pruning,
+                "finetune_steps": e["finetune_steps"],
+            }
+    if longest is None:
+        raise RuntimeError(
+            f"{budget_name}/{model}/dense-long trains as long as the longest Fisher row of "
+            f"{model}, but the results file has none with this configuration: run "
+            f"--only '{model}/fisher-*' first"
+        )
+    return longest
 
 
 # ----------------------------------------------------------------------------- data
@@ -447,6 +543,11 @@ def run_row(model_name, row, data, budget, args, results, dense_cache) -> rt.Out
     if row["method"] == "compact":
         dense = dense_params(model_name, model, data, budget, args, results, dense_cache)
         return rt.compaction(model_name, dense, spec, data, budget)
+    if row["method"] == "dense_long":
+        params, seconds = rt.train(
+            model, {"method": "dense", **lr_of(budget)}, data, budget, steps=row["steps"]
+        )
+        return rt.evaluate(model, params, data, seconds)
     if row["method"] != "oneshot":
         params, seconds = rt.train(model, spec, data, budget)
         if row["method"] == "dense":
@@ -494,14 +595,12 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         for model_name, row in args.rows:
-            budget = rt.Budget(
-                **{**model_budget(budget_dict, model_name), "seeds": budget_dict["seeds"]},
-                finetune_fraction=FINETUNE_FRACTION,
-            )
+            budget = make_budget(args.budget, model_name)
             key = f"{args.budget}/{model_name}/{row['name']}"
-            config = config_of(model_name, row, budget_dict, len(data.x_train), len(data.x_test))
-            config["steps"] = rt.total_steps(data, budget)
-            config.update(method_settings(row, config["steps"]))
+            config = row_config(model_name, row, args.budget, data)
+            if row["method"] == "dense_long":
+                config["dense_long"] = dense_long_steps(results, args.budget, model_name, data)
+                row = {**row, "steps": config["dense_long"]["steps"]}
             if is_done(results, key, config):
                 print(f"{key}: in {args.json.name}, skipped", flush=True)
                 continue

@@ -71,16 +71,26 @@ class PatchConv(nn.Module):
     The same function and the same ``(kh, kw, in, out)`` kernel as ``nn.Conv(padding="VALID")``;
     XLA's CPU convolutions of kernels batched by ``jax.vmap`` (grouped convolutions) are several
     times slower than this form, which is a plain ``dot_general`` with a batched kernel.
+
+    ``xla=True``: the same function as one ``lax.conv_general_dilated`` of the same kernel, the
+    form ``jp.prune_oneshot`` recognises as a convolution layer (it does not see the kernel
+    through this form's reshape and two-axis contraction); used unbatched, to prune.
     """
 
     features: int
     size: int = 5
+    xla: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         k, cin = self.size, x.shape[-1]
         w = self.param("kernel", nn.initializers.lecun_normal(), (k, k, cin, self.features))
         b = self.param("bias", nn.initializers.zeros, (self.features,))
+        if self.xla:
+            y = jax.lax.conv_general_dilated(
+                x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
+            return y + b[None, None, None, :]
         h, wd = x.shape[1] - k + 1, x.shape[2] - k + 1
         taps = [x[:, i : i + h, j : j + wd, :] for i in range(k) for j in range(k)]
         # (batch, h, w, k*k, in); concatenate, as count_flops has no rule for stack
@@ -99,16 +109,19 @@ def max_pool2(x: jax.Array) -> jax.Array:
 class CNN(nn.Module):
     """LeNet-5: 5x5 convolutions (6, 16 channels) with 2x2 max pooling, then 400-120-84-10.
 
-    ``masked``: a channel mask after each hidden layer's ReLU (Fisher pruning).
+    ``masked``: a channel mask after each hidden layer's ReLU (Fisher pruning). ``xla_conv``:
+    the convolutions as ``lax.conv_general_dilated`` (``PatchConv(xla=True)``), same params.
     """
 
     masked: bool = False
+    xla_conv: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        conv = lambda c: PatchConv(c, xla=self.xla_conv)  # noqa: E731
         x = jnp.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)))  # 32x32, as LeNet-5's input
-        x = max_pool2(_mask(self.masked)(nn.relu(PatchConv(6)(x))))  # 14x14x6
-        x = max_pool2(_mask(self.masked)(nn.relu(PatchConv(16)(x))))  # 5x5x16
+        x = max_pool2(_mask(self.masked)(nn.relu(conv(6)(x))))  # 14x14x6
+        x = max_pool2(_mask(self.masked)(nn.relu(conv(16)(x))))  # 5x5x16
         x = x.reshape(x.shape[0], -1)
         x = _mask(self.masked)(nn.relu(nn.Dense(120)(x)))
         x = _mask(self.masked)(nn.relu(nn.Dense(84)(x)))
@@ -455,9 +468,21 @@ def oneshot(
     """Prunes each seed's trained dense params; returns stacked params, seconds, masks.
 
     Calibration: the first ``CALIBRATION_BATCHES`` batches of the seed's first epoch.
+    ``spec["layers"]``: ``"dense"`` (the default) prunes the dense kernels only, as when the
+    first one-shot rows were run; ``"all"`` every kernel ``prune_oneshot`` finds, the CNN's
+    convolutions included (pruned through ``CNN(xla_conv=True)``, the same function and params
+    with the convolutions written as ``lax.conv_general_dilated``).
     """
     pattern = spec["pattern"]
     kwargs = {"n_m": (2, 4)} if pattern == "2:4" else {"sparsity": spec["sparsity"]}
+    if spec.get("layers", "dense") == "all":
+        kwargs["layers"] = None
+        if isinstance(model, CNN):
+            model = model.clone(xla_conv=True)
+    else:
+        # Dense layers only (the CNN's two small conv kernels stay dense), as when these rows
+        # were first run: prune_oneshot has pruned convolutions too since.
+        kwargs["layers"] = r"Dense_\d+/kernel"
 
     def fn(p, x):
         return model.apply({"params": p}, x)
@@ -468,11 +493,7 @@ def oneshot(
         order = epoch_order(data, budget, seed, 0)[:CALIBRATION_BATCHES]
         batches = [jnp.asarray(data.x_train[idx]) for idx in order]
         start = time.perf_counter()
-        # Dense layers only (the CNN's two small conv kernels stay dense), as when these rows
-        # were first run: prune_oneshot has pruned convolutions too since.
-        q, m = jp.prune_oneshot(
-            fn, p, batches, method=spec["criterion"], layers=r"Dense_\d+/kernel", **kwargs
-        )
+        q, m = jp.prune_oneshot(fn, p, batches, method=spec["criterion"], **kwargs)
         jax.block_until_ready(q)
         times.append(time.perf_counter() - start)
         pruned.append(q)
@@ -566,19 +587,33 @@ def fisher_curve(
 
     dense_flops = float(cost_fn(ones))
     levels = [lv * dense_flops for lv in FISHER_LEVELS]
-    rule = {"criterion": "ratio"} if spec["criterion"] == "ratio" else {"beta": spec["beta"]}
-    tx = optax.chain(
-        optax.adam(spec["learning_rate"]),
-        jp.fisher_pruning(
-            ones,
-            frequency=FISHER_FREQUENCY,
-            burn_in=FISHER_BURN_IN,
-            decay=FISHER_DECAY,
-            cost_fn=cost_fn,
-            target_flops=levels[-1],
-            **rule,
-        ),
-    )
+    # beta_rule "signal-per-flop": each seed's beta is set at its first pruning turn (update
+    # FISHER_BURN_IN) to the sum of the signals that turn ranks over the sum of the marginal
+    # FLOPs of the dense masks (fisher_beta), and kept; a traced beta, one per vmapped seed.
+    per_seed_beta = spec.get("beta_rule") == "signal-per-flop"
+    if spec.get("beta_rule") not in (None, "signal-per-flop"):
+        raise ValueError(f"unknown beta_rule {spec['beta_rule']!r}")
+    total_cost = float(sum(jnp.sum(c) for c in jax.tree.leaves(jax.grad(cost_fn)(ones))))
+
+    def make_tx(beta):
+        if spec["criterion"] == "ratio":
+            rule = {"criterion": "ratio"}
+        else:
+            rule = {"beta": beta if per_seed_beta else spec["beta"]}
+        return optax.chain(
+            optax.adam(spec["learning_rate"]),
+            jp.fisher_pruning(
+                ones,
+                frequency=FISHER_FREQUENCY,
+                burn_in=FISHER_BURN_IN,
+                decay=FISHER_DECAY,
+                cost_fn=cost_fn,
+                target_flops=levels[-1],
+                **rule,
+            ),
+        )
+
+    tx = make_tx(0.0)
 
     def losses(p, m, batch):
         x, y = batch
@@ -588,10 +623,15 @@ def fisher_curve(
 
     def run_seed(carry, order, x_all, y_all):
         def body(carry, idx):
-            p, s, snaps, reached = carry
+            p, s, snaps, reached, beta = carry
             masks = optax.tree.get(s, "channel_masks")
             loss, (g, mg) = value_and_grad(p, masks, (x_all[idx], y_all[idx]))
-            u, s = tx.update(g, s, p, mask_grads=mg)
+            if per_seed_beta:
+                first_turn = s[1].count == FISHER_BURN_IN
+                beta = jnp.where(first_turn, fisher_beta(s[1].signals, mg, total_cost), beta)
+                u, s = make_tx(beta).update(g, s, p, mask_grads=mg)
+            else:
+                u, s = tx.update(g, s, p, mask_grads=mg)
             p = optax.apply_updates(p, u)
             state = s[1]
             new_snaps, new_reached = [], []
@@ -602,7 +642,7 @@ def fisher_curve(
                     jax.tree.map(lambda a, b, hit=hit: jnp.where(hit, a, b), now, snap)
                 )
                 new_reached.append(jnp.where(hit, state.count, r))
-            return (p, s, tuple(new_snaps), jnp.stack(new_reached)), loss
+            return (p, s, tuple(new_snaps), jnp.stack(new_reached), beta), loss
 
         return jax.lax.scan(body, carry, order)
 
@@ -611,7 +651,7 @@ def fisher_curve(
     start_snap = (dense, _stack([ones] * n), np.full(n, dense_flops, np.float32))
     snaps = tuple(start_snap for _ in levels)
     reached = np.full((n, len(levels)), -1, np.int32)
-    carry = (dense, opt_state, snaps, reached)
+    carry = (dense, opt_state, snaps, reached, np.zeros(n, np.float32))
     features = sum(int(m.size) for m in jax.tree.leaves(ones))
     max_steps = FISHER_BURN_IN + 1 + FISHER_FREQUENCY * features
     chunks = math.ceil(max_steps / FISHER_CHUNK)
@@ -637,7 +677,7 @@ def fisher_curve(
             break
     if not np.all(np.isfinite(np.asarray(losses_))):
         raise FloatingPointError(f"{spec}: the Fisher pruning loss is not finite")
-    final_p, final_state, snaps, reached = jax.device_get(carry)
+    final_p, final_state, snaps, reached, betas = jax.device_get(carry)
     final = (final_p, optax.tree.get(final_state, "channel_masks"), final_state[1].flops)
 
     structure = _groups_by_layer(model_name, one)
@@ -693,9 +733,24 @@ def fisher_curve(
                 "pruning_steps_run": steps_run,
                 "finetune_steps": ft_steps,
                 "flops_dense": plain_flops,
+                **({"beta": [float(b) for b in betas]} if per_seed_beta else {}),
             },
         )
     return curve
+
+
+def fisher_beta(signals: Any, mask_grads: Any, total_cost: float) -> jax.Array:
+    """The beta of ``signal − beta · FLOPs`` at a pruning turn: the network's signal per FLOP.
+
+    ``sum_k s_k / sum_k c_k``, with ``s`` the averaged signals the turn ranks (``signals``
+    updated with this batch's ``mask_grads``, as ``fisher_pruning`` does) and ``c`` the
+    marginal FLOPs of the features (``total_cost``: their sum). A feature then scores below
+    zero exactly when its own signal per FLOP saved, ``s_k / c_k``, is below the network's.
+    """
+    turn = jp.fisher.update_fisher_signals(
+        signals, jp.fisher.fisher_batch_signals(mask_grads), decay=FISHER_DECAY
+    )
+    return sum(jnp.sum(a) for a in jax.tree.leaves(turn)) / total_cost
 
 
 # ----------------------------------------------------------------------------- compaction

@@ -481,6 +481,32 @@ def test_transformation_runs_in_scan_and_keeps_state_types():
     assert spec(state0) == spec(state_loop)
 
 
+def test_transformation_takes_a_traced_beta():
+    """beta built into the transformation inside jax.vmap: each run prunes as its concrete beta."""
+    params, masks, batch = _mlp_problem()
+    cost_fn = _mlp_cost_fn(params)
+    betas = (0.0, 1e-4, 1e-2)
+
+    def run(beta):
+        tx = optax.chain(
+            optax.sgd(1e-2), fisher_pruning(masks, frequency=1, cost_fn=cost_fn, beta=beta)
+        )
+        p, state = params, tx.init(params)
+        for _ in range(5):
+            m = optax.tree.get(state, "channel_masks")
+            _, (grads, mask_grads) = fisher_value_and_grad(_mlp_loss)(p, m, batch)
+            updates, state = tx.update(grads, state, p, mask_grads=mask_grads)
+            p = optax.apply_updates(p, updates)
+        return optax.tree.get(state, "channel_masks")
+
+    traced = jax.jit(jax.vmap(run))(jnp.asarray(betas))
+    concrete = [jax.jit(functools.partial(run, b))() for b in betas]
+    for i, want in enumerate(concrete):
+        assert_trees_close(jax.tree.map(lambda a, i=i: a[i], traced), want, rtol=0)
+    # the betas choose differently, so the traced runs did not all take one of them
+    assert len({str(jax.tree.map(np.asarray, c)) for c in concrete}) > 1
+
+
 def test_transformation_bad_input():
     params, masks, batch = _mlp_problem()
     tx = fisher_pruning(masks, frequency=1)

@@ -262,5 +262,138 @@ def test_structural_rows_listed_and_bad_names_refused(tmp_path, capsys):
     assert "cnn/fisher-b0-90" in listed and "cnn/fisher-ratio-30" in listed
     assert "mlp/compact-l2-50" in listed and "cnn/compact-l2-50" in listed
     with pytest.raises(SystemExit) as e:
-        results.main(["--list", "--only", "cnn/fisher-beta-90"])
+        results.main(["--list", "--only", "cnn/fisher-beta-20"])
     assert e.value.code == 2 and "matches no row" in capsys.readouterr().err
+
+
+def test_new_row_kinds_listed_for_their_models(capsys):
+    assert results.main(["--list"]) == 0
+    listed = capsys.readouterr().out.split()
+    for model in ("mlp", "cnn"):
+        assert f"{model}/fisher-beta-90" in listed and f"{model}/fisher-beta-30" in listed
+        # the control comes after every Fisher row of its model: it reads their step counts
+        fisher = [i for i, n in enumerate(listed) if n.startswith(f"{model}/fisher-")]
+        assert listed.index(f"{model}/dense-long") > max(fisher)
+    all_kernels = [n for n in listed if "-all-" in n]
+    assert len(all_kernels) == 6 and all(n.startswith("cnn/oneshot-") for n in all_kernels)
+    assert "cnn/oneshot-sparsegpt-all-50-ft" in all_kernels
+    assert not any("-all-2:4" in n for n in listed)
+    # the rows recorded before keep their configuration: no new key in their row dicts
+    old = next(r for r in results.all_rows() if r["name"] == "oneshot-wanda-50")
+    assert "layers" not in old and "models" not in old
+    b0 = next(r for r in results.all_rows() if r["name"] == "fisher-b0-90")
+    assert b0 == {
+        "name": "fisher-b0-90",
+        "group": "Fisher pruning",
+        "method": "fisher",
+        "rule": "b0",
+        "criterion": "difference",
+        "beta": 0.0,
+        "flops_kept": 0.9,
+    }
+
+
+def test_fisher_beta_rows_and_their_dense_control(tmp_path, fast_structural):
+    """fisher-beta-*: a beta > 0 per seed; dense-long: as many steps as the longest one."""
+    root = write_idx(tmp_path)
+    args = base_args(tmp_path, root) + ["--only", "fisher-beta-*", "--only", "dense-long"]
+    assert results.main(args) == 0
+    saved = json.loads((tmp_path / "r.json").read_text())["rows"]
+    names = [f"tiny/mlp/fisher-beta-{round(100 * lv)}" for lv in rt.FISHER_LEVELS]
+    assert sorted(saved) == sorted(names + ["tiny/mlp/dense-long"])
+    for level, name in zip(rt.FISHER_LEVELS, names, strict=True):
+        row = saved[name]
+        assert row["config"]["row"]["beta_rule"] == "signal-per-flop"
+        (beta,) = row["extra"]["beta"]  # one seed
+        assert 0 < beta < float("inf")
+        assert row["extra"]["reached_at_step"][0] is not None
+        assert level - 0.05 < row["extra"]["channel_flops"][0] <= level
+    # Once more, by hand: the network's signal per FLOP from the same signals.
+    signals = {"a": np.array([1.0, 3.0]), "b": np.array([2.0])}
+    grads = {"a": np.zeros((4, 2), np.float32), "b": np.zeros((4, 1), np.float32)}
+    got = rt.fisher_beta(signals, grads, total_cost=12.0)
+    assert abs(float(got) - rt.FISHER_DECAY * 6.0 / 12.0) < 1e-6
+
+    control = saved["tiny/mlp/dense-long"]
+    longest = max(saved[n]["extra"]["reached_at_step"][0] for n in names)
+    info = control["config"]["dense_long"]
+    assert info["longest_fisher_row"] == "fisher-beta-30"
+    assert info["pruning_steps"] == longest
+    assert info["steps"] == control["config"]["steps"] + longest + info["finetune_steps"]
+    assert control["flops"]["mean"] == 533210 and control["sparsity"]["mean"] == 0
+    md = (tmp_path / "R.md").read_text()
+    assert (
+        f"| `dense-long` | dense, as many steps as the longest Fisher row | {info['steps']} " in md
+    )
+    assert "| `fisher-beta-50` | Fisher, signal − β·FLOPs" in md
+    assert "β of the `fisher-beta-*` rows, per seed" in md
+
+    # Resumed with nothing changed, nothing is trained again.
+    def fail(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(results, "run_row", fail)
+        assert results.main(args) == 0
+
+
+def test_dense_long_needs_the_fisher_rows(tmp_path, no_training):
+    root = write_idx(tmp_path)
+    with pytest.raises(RuntimeError, match=r"run --only 'mlp/fisher-\*' first"):
+        results.main(base_args(tmp_path, root) + ["--only", "dense-long"])
+
+
+# ----------------------------------------------------------------------------- one-shot, all
+
+
+def test_cnn_xla_conv_is_the_same_function_and_params():
+    import jax
+    import jax.numpy as jnp
+
+    x = jnp.asarray(np.random.default_rng(0).random((2, 28, 28, 1)), jnp.float32)
+    params = rt.CNN().init(jax.random.key(0), x)["params"]
+    xla = rt.CNN(xla_conv=True)
+    assert jax.tree.structure(xla.init(jax.random.key(0), x)["params"]) == jax.tree.structure(
+        params
+    )
+    np.testing.assert_allclose(
+        xla.apply({"params": params}, x), rt.CNN().apply({"params": params}, x), atol=1e-5
+    )
+
+
+def test_oneshot_all_kernel_rows_prune_the_convolutions(tmp_path, fast_structural):
+    root = write_idx(tmp_path)
+    args = base_args(tmp_path, root) + ["--models", "cnn"]
+    args += ["--only", "oneshot-magnitude-all-50-ft", "--only", "oneshot-magnitude-50"]
+    assert results.main(args) == 0
+    saved = json.loads((tmp_path / "r.json").read_text())["rows"]
+    dense_only, every = (
+        saved["tiny/cnn/oneshot-magnitude-50"],
+        saved["tiny/cnn/oneshot-magnitude-all-50-ft"],
+    )
+    assert every["config"]["row"]["layers"] == "all"
+    # 50% of every kernel (the dense-only row leaves the conv kernels' 2,550 weights dense)
+    assert abs(every["sparsity"]["mean"] - 0.5) < 1e-9
+    assert abs(dense_only["sparsity"]["mean"] - 0.5 * 58920 / 61470) < 1e-9
+    # the conv layers hold most of the FLOPs: pruning them halves the count
+    assert every["flops"]["mean"] < 0.55 * 850795 < dense_only["flops"]["mean"]
+    md = (tmp_path / "R.md").read_text()
+    assert (
+        "| `oneshot-magnitude-all-50-ft` | magnitude 50%, conv + dense kernels + fine-tune |" in md
+    )
+
+
+def test_two_four_does_not_apply_to_the_cnn_convolutions():
+    """N:M groups run along a kernel's kh*kw*cin inputs: 25 and 150 here, not multiples of 4."""
+    import jax
+    import jax.numpy as jnp
+
+    import jaxprune as jp
+
+    x = jnp.zeros((4, 28, 28, 1), jnp.float32)
+    model = rt.CNN(xla_conv=True)
+    params = model.init(jax.random.key(0), x)["params"]
+    with pytest.raises(ValueError, match=r"m=4 must divide the 25 inputs of .*PatchConv_0"):
+        jp.prune_oneshot(
+            lambda p, b: model.apply({"params": p}, b), params, [x], method="magnitude", n_m=(2, 4)
+        )

@@ -14,7 +14,7 @@ from jax import lax
 from jaxprune._src import validate
 from jaxprune._src.base import Array, ArrayLike
 from jaxprune._src.fisher_checks import check_decay, check_like_masks, check_masks
-from jaxprune._src.fisher_prune import ALIVE_THRESHOLD, check_options, fisher_prune
+from jaxprune._src.fisher_prune import ALIVE_THRESHOLD, _is_zero, check_options, fisher_prune
 from jaxprune._src.fisher_signals import (
     DEFAULT_DECAY,
     fisher_batch_signals,
@@ -64,7 +64,7 @@ def fisher_pruning(
     burn_in: int = 0,
     decay: float = DEFAULT_DECAY,
     cost_fn: Callable[[Any], ArrayLike] | None = None,
-    beta: float = 0.0,
+    beta: float | ArrayLike = 0.0,
     criterion: str = "difference",
     target_flops: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -102,7 +102,9 @@ def fisher_pruning(
       cost_fn: ``masks -> FLOPs``, a JAX function of the masks, e.g. built on
         :func:`jaxprune.count_flops` with ``channel_argnums`` and one example's input; needed
         for ``beta > 0``, ``criterion="ratio"`` and ``target_flops``.
-      beta: the trade-off of :math:`s_k - \beta c_k`, ``>= 0``.
+      beta: the trade-off of :math:`s_k - \beta c_k`, ``>= 0``; may be a traced value
+        (e.g. one per run of a ``jax.vmap``), when the transformation is built inside the
+        traced function.
       criterion: ``"difference"`` or ``"ratio"`` (:math:`s_k / c_k`), see
         :func:`jaxprune.fisher.fisher_prune`.
       target_flops: stop removing features once ``cost_fn(masks) <= target_flops``; ``None``
@@ -166,7 +168,8 @@ def fisher_pruning(
     initial_masks = jax.tree.map(jnp.asarray, masks)
     # Counting now validates cost_fn against the masks at construction time.
     initial_flops = _flops_of(cost_fn, initial_masks)
-    use_costs = criterion == "ratio" or float(beta) != 0.0
+    # A traced beta (one per vmapped run, say) may be > 0: its costs are computed.
+    use_costs = criterion == "ratio" or not _is_zero(beta)
 
     def init_fn(params: Any) -> FisherPruningState:
         del params
