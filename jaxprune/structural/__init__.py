@@ -15,7 +15,9 @@ masked model that the compacted one reproduces; ``docs/structural.md``).
 from jaxprune._src.graph.budget import group_masks_for_flops
 from jaxprune._src.graph.compact import compact
 from jaxprune._src.graph.compact import group_weight_masks
+from jaxprune._src.graph.rebuild import compact_equinox
 from jaxprune._src.graph.rebuild import compact_nnx
+from jaxprune._src.graph.rebuild import equinox_function
 from jaxprune._src.graph.rebuild import nnx_function
 from jaxprune._src.graph.groups import BlockedAxis
 from jaxprune._src.graph.groups import DependencyGroups
@@ -29,8 +31,10 @@ __all__ = [
     "DependencyGroups",
     "Group",
     "compact",
+    "compact_equinox",
     "compact_nnx",
     "dependency_groups",
+    "equinox_function",
     "group_masks",
     "group_masks_for_flops",
     "group_scores",

@@ -128,3 +128,139 @@ def compact_nnx(model: Any, keep: Any, *example_args: Any) -> Any:
                 "runs any layer."
             )
     return small
+
+
+def equinox_function(model: Any) -> tuple[Any, Any]:
+    """``(fn, params)`` with ``fn(params, *args) == model(*args)``: the model's arrays as
+    ``params`` (``eqx.partition(model, eqx.is_array)``), for :func:`dependency_groups`."""
+    import equinox as eqx
+
+    params, static = eqx.partition(model, eqx.is_array)
+
+    def fn(p: Any, *args: Any) -> Any:
+        return eqx.combine(p, static)(*args)
+
+    return fn, params
+
+
+def _eqx_children(module: Any, eqx: Any) -> list[tuple[str, Any, Any]]:
+    """``(label, getter, child)`` for the modules directly inside ``module``."""
+    out = []
+
+    def visit(value: Any, label: str, getter: Any) -> None:
+        if isinstance(value, eqx.Module):
+            out.append((label, getter, value))
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                visit(v, f"{label}[{i}]", lambda m, g=getter, i=i: g(m)[i])
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                visit(v, f"{label}[{k!r}]", lambda m, g=getter, k=k: g(m)[k])
+
+    for name in getattr(module, "__dataclass_fields__", {}):
+        visit(getattr(module, name, None), name, lambda m, name=name: getattr(m, name))
+    return out
+
+
+def _eqx_modules(model: Any, eqx: Any) -> list[tuple[str, Any, Any]]:
+    """``(path, getter, module)`` for every module in ``model``, parents before children."""
+    out = [("", lambda m: m, model)]
+    i = 0
+    while i < len(out):
+        path, getter, module = out[i]
+        for label, child_getter, child in _eqx_children(module, eqx):
+            name = f"{path}.{label}" if path else label
+            out.append((name, lambda m, g=getter, c=child_getter: c(g(m)), child))
+        i += 1
+    return out
+
+
+def _eqx_arrays(module: Any, eqx: Any) -> dict[str, tuple[int, ...]]:
+    return {
+        name: tuple(getattr(module, name).shape)
+        for name in getattr(module, "__dataclass_fields__", {})
+        if eqx.is_array(getattr(module, name, None))
+    }
+
+
+def _eqx_resized(module: Any, eqx: Any) -> Any:
+    """A copy of a standard layer with its size fields set from its arrays, or None."""
+    import copy
+
+    sizes: dict[str, Any] = {}
+    if isinstance(module, eqx.nn.Linear):
+        w = module.weight.shape  # (out, in), or (in,)/(out,) for "scalar" features
+        if len(w) == 2:
+            sizes = {"out_features": w[0], "in_features": w[1]}
+    elif isinstance(module, eqx.nn.Conv):
+        w = module.weight.shape  # (out, in / groups, *kernel)
+        sizes = {"out_channels": w[0], "in_channels": w[1] * module.groups}
+    elif isinstance(module, (eqx.nn.LayerNorm, eqx.nn.RMSNorm)):
+        held = module.weight if module.weight is not None else module.bias
+        if held is not None:
+            sizes = {"shape": tuple(held.shape)}
+    elif isinstance(module, eqx.nn.Embedding):
+        sizes = dict(zip(("num_embeddings", "embedding_size"), module.weight.shape))
+    if not sizes:
+        return None
+    out = copy.copy(module)
+    for name, value in sizes.items():
+        object.__setattr__(out, name, value)
+    return out
+
+
+def compact_equinox(model: Any, keep: Any, *example_args: Any) -> Any:
+    """A smaller copy of an Equinox model with the pruned channels removed (:func:`compact`).
+
+    ``keep`` is one bool vector per group of ``dependency_groups(*equinox_function(model),
+    *example_args)``. The model's arrays are sliced; ``eqx.nn.Linear``, ``Conv`` (all
+    dimensions), ``LayerNorm``, ``RMSNorm`` and ``Embedding`` report their new sizes. A layer
+    of another type whose arrays changed shape is refused by path and type (stateful layers
+    such as ``eqx.nn.BatchNorm`` keep their running statistics outside the model, which a
+    compaction of the model cannot slice). The original model is unchanged.
+
+    Args:
+      model: an ``eqx.Module`` called as ``model(*example_args)``.
+      keep: the channels to keep, as :func:`compact` takes them.
+      *example_args: example inputs.
+
+    Returns:
+      The smaller model.
+
+    Raises:
+      ValueError: as :func:`compact` does for ``keep``, and for a layer it cannot rebuild.
+
+    Examples:
+      >>> import equinox as eqx, jax, jax.numpy as jnp, numpy as np
+      >>> import jaxprune as jp
+      >>> from jaxprune.structural import compact_equinox, equinox_function
+      >>> k1, k2 = jax.random.split(jax.random.key(0))
+      >>> model = eqx.nn.Sequential([eqx.nn.Linear(4, 8, key=k1), eqx.nn.Lambda(jax.nn.relu),
+      ...                            eqx.nn.Linear(8, 2, key=k2)])
+      >>> x = jnp.ones(4)
+      >>> groups = jp.dependency_groups(*equinox_function(model), x)
+      >>> small = compact_equinox(model, [np.arange(8) < 3], x)
+      >>> small.layers[0].out_features, small.layers[2].in_features
+      (3, 3)
+    """
+    import equinox as eqx
+
+    fn, params = equinox_function(model)
+    small_params, _ = compact(fn, params, keep, *example_args)
+    static = eqx.partition(model, eqx.is_array)[1]
+    small = eqx.combine(small_params, static)
+    before = {path: _eqx_arrays(m, eqx) for path, _, m in _eqx_modules(model, eqx)}
+    # Deepest first, so that replacing a module keeps the getters of its parents valid.
+    for path, getter, module in reversed(_eqx_modules(small, eqx)):
+        if _eqx_arrays(module, eqx) == before.get(path):
+            continue
+        resized = _eqx_resized(module, eqx)
+        if resized is None:
+            raise ValueError(
+                f"compact_equinox cannot rebuild {type(module).__name__} at "
+                f"{path or '(the model itself)'!r}: its arrays changed shape and jaxprune does "
+                "not know its size fields. Use jaxprune.compact(*equinox_function(model), keep, "
+                "*example_args), whose small_fn runs any layer."
+            )
+        small = resized if not path else eqx.tree_at(getter, small, resized)
+    return small

@@ -1,4 +1,4 @@
-"""compact_nnx: a smaller Flax NNX model from the channels to keep."""
+"""compact_nnx and compact_equinox: smaller NNX and Equinox models from the channels to keep."""
 
 from __future__ import annotations
 
@@ -122,3 +122,82 @@ def test_bad_keep_is_refused_as_by_compact():
     model, x, _, _, groups, keep = setup()
     with pytest.raises(ValueError, match="groups"):
         compact_nnx(model, keep[:1], x)
+
+
+# ---------------------------------------------------------------------------- Equinox
+
+
+def eqx_setup():
+    import equinox as eqx
+
+    from jaxprune.structural import equinox_function
+
+    class Net(eqx.Module):
+        conv: eqx.nn.Conv2d
+        layers: list
+
+        def __init__(self, key):
+            k1, k2, k3 = jax.random.split(key, 3)
+            self.conv = eqx.nn.Conv2d(3, 8, 3, padding=1, key=k1)
+            self.layers = [eqx.nn.Linear(8 * 25, 12, key=k2), eqx.nn.Linear(12, 4, key=k3)]
+
+        def __call__(self, x):
+            h = jax.nn.relu(self.conv(x)).reshape(-1)
+            return self.layers[1](jax.nn.relu(self.layers[0](h)))
+
+    model = Net(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (3, 5, 5))
+    fn, params = equinox_function(model)
+    groups = jp.dependency_groups(fn, params, x)
+    return model, x, fn, params, groups
+
+
+def test_smaller_equinox_model_computes_the_masked_model():
+    import equinox as eqx
+
+    from jaxprune.structural import compact_equinox
+
+    model, x, fn, params, groups = eqx_setup()
+    keep = [np.arange(g.size) % 2 == 0 for g in groups]
+    small = compact_equinox(model, keep, x)
+    assert type(small) is type(model)
+    assert [g.name for g in groups] == ["conv/weight:0", "layers/0/weight:0"]
+    assert (small.conv.out_channels, small.conv.weight.shape) == (4, (4, 3, 3, 3))
+    assert (small.layers[0].in_features, small.layers[0].out_features) == (100, 6)
+    assert small.layers[1].in_features == 6
+    assert model.layers[0].out_features == 12  # the original is untouched
+    masked = jax.tree.map(lambda a, m: a * m, params, group_weight_masks(params, groups, keep))
+    want = fn(masked, x)
+    np.testing.assert_allclose(small(x), want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
+    # An ordinary Equinox model: differentiable and jit-compiled with filter_jit.
+    grads = eqx.filter_grad(lambda m: jnp.sum(m(x) ** 2))(small)
+    assert grads.layers[0].weight.shape == small.layers[0].weight.shape
+    assert eqx.filter_jit(lambda m: m(x))(small).shape == (4,)
+
+
+def test_equinox_unknown_layer_is_named():
+    import equinox as eqx
+
+    from jaxprune.structural import compact_equinox, equinox_function
+
+    class Scale(eqx.Module):
+        w: jax.Array
+
+        def __call__(self, x):
+            return x * self.w
+
+    class Net(eqx.Module):
+        first: eqx.nn.Linear
+        scale: Scale
+        last: eqx.nn.Linear
+
+        def __call__(self, x):
+            return self.last(self.scale(jax.nn.relu(self.first(x))))
+
+    k1, k2 = jax.random.split(jax.random.key(0))
+    model = Net(eqx.nn.Linear(4, 8, key=k1), Scale(jnp.ones(8)), eqx.nn.Linear(8, 2, key=k2))
+    x = jnp.ones(4)
+    groups = jp.dependency_groups(*equinox_function(model), x)
+    keep = [np.arange(g.size) < 3 for g in groups]
+    with pytest.raises(ValueError, match="cannot rebuild Scale at 'scale'"):
+        compact_equinox(model, keep, x)
