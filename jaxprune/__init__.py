@@ -51,6 +51,7 @@ from jaxprune._src.schedules import polynomial_decay
 from jaxprune._src.schedules import schedule_from_optax
 from jaxprune._src.sparse_core import SparseAlgorithm
 from jaxprune._src.sparse_core import SparseMaskState
+from jaxprune._src.transform import register_pruning_state
 from jaxprune._src.sparse_core import SparseState
 from jaxprune._src.sparse_core import masked_params
 from jaxprune._src.sparse_core import sparse
@@ -117,6 +118,7 @@ __all__ = [
     "SparseAlgorithm",
     "SparseState",
     "SparseMaskState",
+    "register_pruning_state",
     "MovementPruningState",
     # Sparsity distributions, random pruning and AC/DC
     "uniform_sparsities",

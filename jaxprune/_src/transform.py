@@ -43,7 +43,30 @@ PRUNING_STATE_TYPES: list[type] = [MagnitudePruningState]
 
 
 def register_pruning_state(cls: type) -> type:
-    """Lets :func:`jaxprune.get_masks` find states of ``cls`` (a NamedTuple with ``masks``)."""
+    """Lets :func:`jaxprune.get_masks` find states of ``cls`` (a NamedTuple with ``masks``).
+
+    For a custom pruning transformation or :class:`jaxprune.SparseAlgorithm` with a state type
+    of its own (a NamedTuple with a params-shaped ``masks`` field, and ``thresholds`` or
+    ``count`` if it keeps them): once registered, :func:`jaxprune.get_masks`,
+    :func:`jaxprune.check_pruned_zero`, :func:`jaxprune.strip`, the summaries and the
+    checkpoint helpers find it inside any optimizer state. Usable as a class decorator;
+    returns ``cls``.
+
+    Raises:
+      TypeError: if ``cls`` is not a NamedTuple class with a ``masks`` field.
+
+    Examples:
+      >>> from typing import Any, NamedTuple
+      >>> import jax.numpy as jnp
+      >>> import jaxprune as jp
+      >>> @jp.register_pruning_state
+      ... class MyState(NamedTuple):
+      ...     count: Any
+      ...     masks: Any
+      >>> state = (MyState(jnp.int32(0), {"w": jnp.array([True, False])}),)
+      >>> jp.get_masks(state)["w"].tolist()
+      [True, False]
+    """
     if "masks" not in getattr(cls, "_fields", ()):
         raise TypeError(f"{cls.__name__} must be a NamedTuple with a 'masks' field")
     if cls not in PRUNING_STATE_TYPES:
