@@ -53,7 +53,7 @@ def pack(mask: ArrayLike) -> Array:
     words = num_words(n)
     flat = jnp.pad(flat, (0, words * WORD_BITS - n))
     bits = flat.reshape(words, WORD_BITS).astype(jnp.uint32)
-    shifts = jnp.arange(WORD_BITS, dtype=jnp.uint32)
+    shifts = jnp.arange(WORD_BITS, dtype=jnp.uint32)[None, :]
     # Distinct powers of two: the sum is their bitwise OR, exact in uint32.
     return jnp.sum(bits << shifts, axis=1, dtype=jnp.uint32)
 
@@ -73,7 +73,7 @@ def unpack(words: ArrayLike, shape: tuple[int, ...]) -> Array:
         raise ValueError(
             f"{num_words(n)} words hold a mask of shape {shape}, got words of shape {words.shape}"
         )
-    shifts = jnp.arange(WORD_BITS, dtype=jnp.uint32)
+    shifts = jnp.arange(WORD_BITS, dtype=jnp.uint32)[None, :]
     bits = (words[:, None] >> shifts) & jnp.uint32(1)
     flat = bits.reshape(-1)
     if flat.size != n:

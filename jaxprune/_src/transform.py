@@ -11,7 +11,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from jaxprune._src import leaf_rules
+from jaxprune._src import leaf_rules, trees
 from jaxprune._src import masks as masks_lib
 from jaxprune._src import packed as packed_lib
 from jaxprune._src.base import Array, ArrayLike, LeafRule, Masks, is_float_array
@@ -395,17 +395,24 @@ def magnitude_pruning(
                 # take (e.g. blocks on a rank-4 kernel) fails here rather than inside a step.
                 check_structure(_per_slice(st, axis), leaf, path, axis)
         masks = masks_lib.masks_like(params, chosen)
+        masks_def = treedef
         if packed:
             masks = [
                 packed_lib.PackedMask.from_bool(m) if on else m for m, on in zip(masks, chosen)
             ]
+            # Without the params' flax.nnx Variable wrappers: nnx.Optimizer wraps each array
+            # of the state in a Variable, and a PackedMask inside a Variable would come back
+            # from nnx.update as a plain mapping, its shape lost.
+            masks_def = jax.tree_util.tree_structure(
+                jax.tree.map(trees.unwrap, params, is_leaf=trees.is_variable)
+            )
         thresholds = [
             t if a is None else jnp.zeros((np.shape(x)[a],), t.dtype)
             for t, x, a in zip(initial_thresholds(leaves), leaves, axes)
         ]
         return MagnitudePruningState(
             count=jnp.zeros((), jnp.int32),
-            masks=jax.tree_util.tree_unflatten(treedef, masks),
+            masks=jax.tree_util.tree_unflatten(masks_def, masks),
             thresholds=jax.tree_util.tree_unflatten(treedef, thresholds),
             skipped_turns=jnp.zeros((), jnp.int32),
         )
@@ -420,7 +427,17 @@ def magnitude_pruning(
             )
         p_leaves, treedef, chosen, scheds, structs, axes = plan(params)
         u_leaves = treedef.flatten_up_to(updates)
-        m_leaves = treedef.flatten_up_to(state.masks)
+        if packed:
+            m_leaves, masks_def = jax.tree_util.tree_flatten(
+                state.masks, is_leaf=packed_lib.is_packed
+            )
+            if len(m_leaves) != len(p_leaves):
+                raise ValueError(
+                    f"the packed masks have {len(m_leaves)} leaves, the params "
+                    f"{len(p_leaves)}: the state belongs to other params"
+                )
+        else:
+            m_leaves, masks_def = treedef.flatten_up_to(state.masks), treedef
         t_leaves = treedef.flatten_up_to(state.thresholds)
 
         # Leaves that share a schedule (and, with global scope, a threshold) are updated
@@ -503,7 +520,7 @@ def magnitude_pruning(
             out = zero_pruned(u_leaves, p_leaves, m_leaves, pruned)
         new_state = MagnitudePruningState(
             count=optax.safe_int32_increment(state.count),
-            masks=jax.tree_util.tree_unflatten(treedef, m_leaves),
+            masks=jax.tree_util.tree_unflatten(masks_def, m_leaves),
             thresholds=jax.tree_util.tree_unflatten(treedef, t_leaves),
             skipped_turns=jnp.asarray(state.skipped_turns, jnp.int32) + skipped.astype(jnp.int32),
         )
