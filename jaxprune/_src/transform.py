@@ -325,11 +325,12 @@ def magnitude_pruning(
         static pytree data (8x less memory in the optimizer state and in checkpoints).
         Masks are packed after each pruning turn's selection and unpacked, fused into the
         update, where pruned entries are zeroed. Masks, thresholds and trajectories are bit
-        for bit those of ``"bool"``, and
-        :func:`jaxprune.get_masks`, :func:`jaxprune.pruning_summaries`,
-        :func:`jaxprune.check_pruned_zero`, :func:`jaxprune.strip` and the accessors return
-        and use bool masks of the params' shapes either way. ``state.masks`` itself holds the
-        packed form: read masks through :func:`jaxprune.get_masks`.
+        for bit those of ``"bool"``, and :func:`jaxprune.get_masks`,
+        :func:`jaxprune.pruning_summaries`, :func:`jaxprune.check_pruned_zero`,
+        :func:`jaxprune.strip` and the accessors return and use bool masks of the params'
+        shapes either way. ``state.masks`` itself holds the packed form (without flax.nnx
+        ``Variable`` wrappers): read masks through :func:`jaxprune.get_masks`. Only this
+        transformation offers packed masks.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``. Its state is a
@@ -337,8 +338,7 @@ def magnitude_pruning(
 
     Raises:
       ValueError: for an unknown ``scope``, ``recompute_from`` or ``mask_dtype``, a bad
-        ``sparsity_map`` value,
-        or (at ``init``) a rule that matches no leaf.
+        ``sparsity_map`` value, or (at ``init``) a rule that matches no leaf.
       TypeError: for a rule that selects a non-float leaf, or a non-callable schedule.
 
     Examples:
