@@ -22,6 +22,12 @@ Usage::
     python benchmarks/step_overhead.py            # full run (a few minutes on 2 CPU cores)
     python benchmarks/step_overhead.py --quick    # small sizes, few repetitions (smoke test)
     python benchmarks/step_overhead.py --reps 40  # more repetitions
+    python benchmarks/step_overhead.py --packed   # (a), (b) only, with mask_dtype="packed"
+
+With ``--packed`` the pruning state holds its masks 1 bit per parameter
+(``magnitude_pruning(mask_dtype="packed")``); (a) and (b) are measured against the same plain
+Adam step, (c) is skipped (it does not involve the state), and the bytes of the masks in the
+optimizer state are printed for both mask dtypes.
 """
 
 from __future__ import annotations
@@ -181,7 +187,21 @@ def _kernel_sparsity(params) -> float:
     return zeros / sum(x.size for x in kernels)
 
 
-def bench_train_step(table: Table, widths: Sequence[int], batch: int, reps: int) -> None:
+def _mask_bytes(opt_state) -> int:
+    """Bytes of the masks in the pruning state (bool arrays or packed uint32 words)."""
+    state = [
+        s
+        for s in jax.tree.leaves(
+            opt_state, is_leaf=lambda s: isinstance(s, jp.MagnitudePruningState)
+        )
+        if isinstance(s, jp.MagnitudePruningState)
+    ][0]
+    return sum(x.nbytes for x in jax.tree.leaves(state.masks))
+
+
+def bench_train_step(
+    table: Table, widths: Sequence[int], batch: int, reps: int, mask_dtype: str = "bool"
+) -> None:
     model = MLP(tuple(widths[1:]))
     kx, ky, kp = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(kx, (batch, widths[0]), jnp.float32)
@@ -190,7 +210,7 @@ def bench_train_step(table: Table, widths: Sequence[int], batch: int, reps: int)
     n = sum(p.size for p in jax.tree.leaves(params))
     print(
         f"(a, b) train step: MLP {'-'.join(map(str, widths))} ({n / 1e6:.2f}M parameters), "
-        f"batch {batch}, adam",
+        f"batch {batch}, adam, mask_dtype={mask_dtype!r}",
         flush=True,
     )
 
@@ -217,10 +237,21 @@ def bench_train_step(table: Table, widths: Sequence[int], batch: int, reps: int)
     for scope, source in variants:
         # The window begins at step 1: count 0 is a non-pruning step, count 1 a pruning one.
         schedule = jp.constant_sparsity(SPARSITY, begin_step=1, frequency=1)
-        pruning = jp.magnitude_pruning(schedule, scope=scope, recompute_from=source)
+        pruning = jp.magnitude_pruning(
+            schedule, scope=scope, recompute_from=source, mask_dtype=mask_dtype
+        )
         tx = optax.chain(optax.adam(1e-3), pruning)
         step = make_step(tx)
         state = tx.init(params)
+        if (scope, source) == variants[0]:
+            other = "bool" if mask_dtype == "packed" else "packed"
+            other_tx = jp.magnitude_pruning(schedule, mask_dtype=other)
+            sizes = {mask_dtype: _mask_bytes(state), other: _mask_bytes(other_tx.init(params))}
+            print(
+                f"  masks in the optimizer state: bool {sizes['bool']:,} bytes, "
+                f"packed {sizes['packed']:,} bytes ({sizes['bool'] / sizes['packed']:.2f}x less)",
+                flush=True,
+            )
         idle_state, prune_state = _set_count(state, 0), _set_count(state, 1)
 
         # Same compiled function for both; check that the branch taken is the intended one.
@@ -229,6 +260,13 @@ def bench_train_step(table: Table, widths: Sequence[int], batch: int, reps: int)
         s_idle, s_prune = _kernel_sparsity(p_idle), _kernel_sparsity(p_prune)
         if not (s_idle < 0.01 and abs(s_prune - SPARSITY) < 0.01):
             raise RuntimeError(f"branch check failed: sparsity {s_idle} / {s_prune}")
+        if mask_dtype == "packed":
+            ref = jp.magnitude_pruning(schedule, scope=scope, recompute_from=source)
+            ref_tx = optax.chain(optax.adam(1e-3), ref)
+            ref_p = make_step(ref_tx)(params, _set_count(ref_tx.init(params), 1))[0]
+            same = jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), p_prune, ref_p)
+            if not all(jax.tree.leaves(same)):
+                raise RuntimeError("packed masks give other params than bool masks")
         cache_size = getattr(step, "_cache_size", None)
         if cache_size is not None and cache_size() != 1:
             raise RuntimeError("the pruning and non-pruning steps compiled separately")
@@ -346,7 +384,7 @@ def bench_masks(table: Table, shapes, reps: int, sort_reps: int) -> None:
 # ------------------------------------------------------------------------------------ main
 
 
-def run(quick: bool = False, reps: int | None = None) -> Table:
+def run(quick: bool = False, reps: int | None = None, packed: bool = False) -> Table:
     """Runs every measurement, printing progress; returns the table (printed by main)."""
     reps = reps if reps is not None else (5 if quick else 20)
     if reps < 1:
@@ -360,7 +398,10 @@ def run(quick: bool = False, reps: int | None = None) -> Table:
         flush=True,
     )
     table = Table(judge=not quick)
-    if quick:
+    if packed:
+        widths, batch = ((784, 256, 256, 10), 32) if quick else ((784, 2048, 2048, 10), 128)
+        bench_train_step(table, widths, batch, reps, mask_dtype="packed")
+    elif quick:
         bench_train_step(table, (784, 256, 256, 10), 32, reps)
         bench_masks(table, SHAPES_QUICK, reps, sort_reps)
     else:
@@ -376,10 +417,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--reps", type=int, default=None, help="repetitions (default 20; 5 with --quick)"
     )
+    parser.add_argument(
+        "--packed",
+        action="store_true",
+        help="(a), (b) with magnitude_pruning(mask_dtype='packed'); (c) skipped",
+    )
     args = parser.parse_args(argv)
     if args.reps is not None and args.reps < 1:
         parser.error("--reps must be >= 1")
-    table = run(args.quick, args.reps)
+    table = run(args.quick, args.reps, args.packed)
     print()
     table.print()
     return 0

@@ -12,6 +12,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jaxprune._src.base import Array, Masks, Params, is_float_array
+from jaxprune._src.packed import has_packed, unpack_tree
 from jaxprune._src.transform import PRUNING_STATE_TYPES, MagnitudePruningState
 from jaxprune._src.trees import flat_leaves, pair_with_masks
 from jaxprune._src.trees import is_variable as _is_variable  # noqa: F401 (flops imports it)
@@ -38,12 +39,17 @@ def find_pruning_states(opt_state: Any) -> list[MagnitudePruningState]:
     """Every pruning state (e.g. :class:`MagnitudePruningState`) inside ``opt_state``.
 
     Looks inside ``optax.chain``, ``optax.MultiSteps``, ``nnx.Optimizer`` states and the like.
+    Packed masks (``magnitude_pruning(mask_dtype="packed")``) are returned unpacked: bool
+    arrays of the leaves' shapes, as every accessor expects.
     """
     found: list[Any] = []
 
     def visit(x: Any) -> Any:
         if _is_pruning_state(x):
-            found.append(jax.tree.map(_unwrap, x, is_leaf=_is_opt_state_variable))
+            state = jax.tree.map(_unwrap, x, is_leaf=_is_opt_state_variable)
+            if has_packed(state.masks):
+                state = state._replace(masks=unpack_tree(state.masks))
+            found.append(state)
         return x
 
     jax.tree.map(visit, opt_state, is_leaf=_is_pruning_state)

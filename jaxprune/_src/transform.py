@@ -11,13 +11,15 @@ import numpy as np
 import optax
 from jax import lax
 
-from jaxprune._src import leaf_rules
+from jaxprune._src import leaf_rules, trees
 from jaxprune._src import masks as masks_lib
+from jaxprune._src import packed as packed_lib
 from jaxprune._src.base import Array, ArrayLike, LeafRule, Masks, is_float_array
 from jaxprune._src.schedules import PruningSchedule
 
 _SCOPES = ("layer", "global")
 _RECOMPUTE_FROM = ("updated", "current")
+_MASK_DTYPES = ("bool", "packed")
 
 
 class MagnitudePruningState(NamedTuple):
@@ -25,13 +27,17 @@ class MagnitudePruningState(NamedTuple):
 
     ``masks`` and ``thresholds`` have the structure of the params: a pruned leaf has a bool mask
     of its own shape (one byte per parameter) and its last threshold, a scalar of its dtype; a
-    leaf that is not pruned has a scalar ``True`` mask and a zero threshold.
+    leaf that is not pruned has a scalar ``True`` mask and a zero threshold. With
+    ``magnitude_pruning(..., mask_dtype="packed")`` a pruned leaf's mask is a ``PackedMask``
+    (``jaxprune._src.packed``) instead: 1 bit per parameter in ``uint32`` words, the leaf's
+    shape kept as static pytree data; :func:`jaxprune.get_masks` and the other accessors
+    unpack it, so they return bool masks either way.
     ``skipped_turns`` counts the pruning turns that were skipped, masks unchanged, because the
     schedule's sparsity was NaN (see "NaN sparsities" in the docs).
     """
 
     count: Array  # shape=(), int32: updates seen so far (the schedule's step)
-    masks: Masks  # like params: bool, leaf shape if pruned else shape=()
+    masks: Masks  # like params: bool, leaf shape (or a PackedMask) if pruned else shape=()
     thresholds: Any  # like params: shape=(), the leaf's float dtype (float32 for others)
     skipped_turns: Array = np.zeros((), np.int32)  # shape=(), int32: turns skipped (NaN)
 
@@ -265,6 +271,7 @@ def magnitude_pruning(
     structure: Any = None,
     recompute_from: str = "current",
     stacked_axes: Mapping[str, int] | None = None,
+    mask_dtype: str = "bool",
 ) -> optax.GradientTransformationExtraArgs:
     r"""Prunes the smallest-magnitude weights on a schedule; place it last in an optax chain.
 
@@ -335,14 +342,26 @@ def magnitude_pruning(
         ``scope="global"`` the slices share the one threshold like any other entries, and
         the map only changes how structures are applied. A regex that matches no pruned leaf,
         or an axis the leaf does not have, is an error.
+      mask_dtype: how the state holds the masks of pruned leaves. ``"bool"`` (default): a
+        bool array of the leaf's shape, 1 byte per parameter. ``"packed"``: a ``PackedMask``
+        (``jaxprune._src.packed``), 1 bit per parameter in ``uint32`` words, the leaf's shape
+        static pytree data (8x less memory in the optimizer state and in checkpoints).
+        Masks are packed after each pruning turn's selection and unpacked, fused into the
+        update, where pruned entries are zeroed. Masks, thresholds and trajectories are bit
+        for bit those of ``"bool"``, and :func:`jaxprune.get_masks`,
+        :func:`jaxprune.pruning_summaries`, :func:`jaxprune.check_pruned_zero`,
+        :func:`jaxprune.strip` and the accessors return and use bool masks of the params'
+        shapes either way. ``state.masks`` itself holds the packed form (without flax.nnx
+        ``Variable`` wrappers): read masks through :func:`jaxprune.get_masks`. Only this
+        transformation offers packed masks.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``. Its state is a
       :class:`MagnitudePruningState`; ``update`` needs ``params``.
 
     Raises:
-      ValueError: for an unknown ``scope`` or ``recompute_from``, a bad ``sparsity_map`` value,
-        or (at ``init``) a rule that matches no leaf.
+      ValueError: for an unknown ``scope``, ``recompute_from`` or ``mask_dtype``, a bad
+        ``sparsity_map`` value, or (at ``init``) a rule that matches no leaf.
       TypeError: for a rule that selects a non-float leaf, or a non-callable schedule.
 
     Examples:
@@ -364,6 +383,9 @@ def magnitude_pruning(
         raise ValueError(f"scope must be one of {_SCOPES}, got {scope!r}")
     if recompute_from not in _RECOMPUTE_FROM:
         raise ValueError(f"recompute_from must be one of {_RECOMPUTE_FROM}, got {recompute_from!r}")
+    if mask_dtype not in _MASK_DTYPES:
+        raise ValueError(f"mask_dtype must be one of {_MASK_DTYPES}, got {mask_dtype!r}")
+    packed = mask_dtype == "packed"
     rule = leaf_rules.compile_rule(prune, "prune")
     excluded = leaf_rules.compile_rule(exclude, "exclude")
     leaf_schedules = _leaf_schedules(schedule, sparsity_map)
@@ -396,13 +418,24 @@ def magnitude_pruning(
                 # take (e.g. blocks on a rank-4 kernel) fails here rather than inside a step.
                 check_structure(_per_slice(st, axis), leaf, path, axis)
         masks = masks_lib.masks_like(params, chosen)
+        masks_def = treedef
+        if packed:
+            masks = [
+                packed_lib.PackedMask.from_bool(m) if on else m for m, on in zip(masks, chosen)
+            ]
+            # Without the params' flax.nnx Variable wrappers: nnx.Optimizer wraps each array
+            # of the state in a Variable, and a PackedMask inside a Variable would come back
+            # from nnx.update as a plain mapping, its shape lost.
+            masks_def = jax.tree_util.tree_structure(
+                jax.tree.map(trees.unwrap, params, is_leaf=trees.is_variable)
+            )
         thresholds = [
             t if a is None else jnp.zeros((np.shape(x)[a],), t.dtype)
             for t, x, a in zip(initial_thresholds(leaves), leaves, axes)
         ]
         return MagnitudePruningState(
             count=jnp.zeros((), jnp.int32),
-            masks=jax.tree_util.tree_unflatten(treedef, masks),
+            masks=jax.tree_util.tree_unflatten(masks_def, masks),
             thresholds=jax.tree_util.tree_unflatten(treedef, thresholds),
             skipped_turns=jnp.zeros((), jnp.int32),
         )
@@ -417,7 +450,17 @@ def magnitude_pruning(
             )
         p_leaves, treedef, chosen, scheds, structs, axes = plan(params)
         u_leaves = treedef.flatten_up_to(updates)
-        m_leaves = treedef.flatten_up_to(state.masks)
+        if packed:
+            m_leaves, masks_def = jax.tree_util.tree_flatten(
+                state.masks, is_leaf=packed_lib.is_packed
+            )
+            if len(m_leaves) != len(p_leaves):
+                raise ValueError(
+                    f"the packed masks have {len(m_leaves)} leaves, the params "
+                    f"{len(p_leaves)}: the state belongs to other params"
+                )
+        else:
+            m_leaves, masks_def = treedef.flatten_up_to(state.masks), treedef
         t_leaves = treedef.flatten_up_to(state.thresholds)
 
         # Leaves that share a schedule (and, with global scope, a threshold) are updated
@@ -472,6 +515,8 @@ def magnitude_pruning(
                     x = p[j] if u[j] is None else jnp.asarray(p[j] + u[j]).astype(p[j].dtype)
                     m, t = _per_slice(structs[i], axes[i])(x, s)
                     masks[j], thrs[j] = m.astype(bool), jnp.asarray(t).astype(p[j].dtype)
+                if packed:
+                    masks = [packed_lib.PackedMask.from_bool(m) for m in masks]
                 return masks, thrs
 
             def keep(operands):
@@ -489,10 +534,16 @@ def magnitude_pruning(
             for j, i in enumerate(idx):
                 m_leaves[i], t_leaves[i] = new_m[j], new_t[j]
 
-        out = zero_pruned(u_leaves, p_leaves, m_leaves, [i for i, on in enumerate(chosen) if on])
+        pruned = [i for i, on in enumerate(chosen) if on]
+        if packed:
+            # Unpacked where it is used: XLA fuses the bit extraction into the update.
+            bool_masks = [m.unpack() if packed_lib.is_packed(m) else m for m in m_leaves]
+            out = zero_pruned(u_leaves, p_leaves, bool_masks, pruned)
+        else:
+            out = zero_pruned(u_leaves, p_leaves, m_leaves, pruned)
         new_state = MagnitudePruningState(
             count=optax.safe_int32_increment(state.count),
-            masks=jax.tree_util.tree_unflatten(treedef, m_leaves),
+            masks=jax.tree_util.tree_unflatten(masks_def, m_leaves),
             thresholds=jax.tree_util.tree_unflatten(treedef, t_leaves),
             skipped_turns=jnp.asarray(state.skipped_turns, jnp.int32) + skipped.astype(jnp.int32),
         )

@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from jaxprune._src.base import Params, path_str
+from jaxprune._src.packed import is_packed
 
 
 def is_variable(x: Any) -> bool:
@@ -28,6 +29,8 @@ def is_variable(x: Any) -> bool:
 
 def unwrap(x: Any) -> Any:
     """The array inside a flax.nnx ``Variable``; any other value as it is."""
+    if is_packed(x):
+        return x.unpack()
     if hasattr(x, "get_value"):
         return x.get_value()
     return getattr(x, "value", x)
@@ -37,9 +40,13 @@ def flat_leaves(tree: Any) -> list[tuple[str, Any]]:
     """``(path, leaf)`` pairs, with flax.nnx ``Variable`` wrappers read as their value.
 
     So ``nnx.state(model)`` names its kernel ``"kernel"``, not ``"kernel/value"``, as the
-    masks in an ``nnx.Optimizer`` state do.
+    masks in an ``nnx.Optimizer`` state do. A ``PackedMask`` (from
+    ``magnitude_pruning(mask_dtype="packed")``, ``jaxprune._src.packed``) is one leaf, read
+    as its bool mask.
     """
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_variable)
+    flat, _ = jax.tree_util.tree_flatten_with_path(
+        tree, is_leaf=lambda x: is_variable(x) or is_packed(x)
+    )
     return [(path_str(p), unwrap(x)) for p, x in flat]
 
 
