@@ -11,7 +11,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from jaxprune._src import leaf_rules, trees
+from jaxprune._src import leaf_rules, radix_select, trees
 from jaxprune._src import masks as masks_lib
 from jaxprune._src import packed as packed_lib
 from jaxprune._src.base import Array, ArrayLike, LeafRule, Masks, is_float_array
@@ -512,7 +512,7 @@ def magnitude_pruning(
                     if structs[i] is None:
                         masks[j], thrs[j] = masks_lib.magnitude_threshold(p[j], s, u[j])
                         continue
-                    x = p[j] if u[j] is None else jnp.asarray(p[j] + u[j]).astype(p[j].dtype)
+                    x = p[j] if u[j] is None else radix_select.added(p[j], u[j])
                     m, t = _per_slice(structs[i], axes[i])(x, s)
                     masks[j], thrs[j] = m.astype(bool), jnp.asarray(t).astype(p[j].dtype)
                 if packed:
