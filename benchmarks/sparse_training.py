@@ -94,27 +94,31 @@ class Case(NamedTuple):
     targets: tuple[float | None, float]  # (update step, non-update step)
 
 
-def cases(key: jax.Array) -> list[Case]:
+def cases(key: jax.Array, mask_dtype: str = "bool") -> list[Case]:
     adam = optax.adam(1e-3)
+
+    def sparse(inner, algorithm):
+        return jp.sparse(inner, algorithm, mask_dtype=mask_dtype)
+
     # A schedule whose turn is count 0 (and every 1000th); count 1 is not a turn.
     sched = jp.constant_sparsity(SPARSITY, begin_step=0, frequency=1000)
     # end_step=2: count 1 is a turn (update_every=1), count 2 is not.
     dst = dict(key=key, drop_fraction=0.3, update_every=1, end_step=2)
     return [
-        Case("rigl", jp.sparse(adam, jp.rigl(SPARSITY, **dst)), True, 1, 2, (2.0, 1.05)),
-        Case("set", jp.sparse(adam, jp.set_training(SPARSITY, **dst)), True, 1, 2, (2.0, 1.05)),
+        Case("rigl", sparse(adam, jp.rigl(SPARSITY, **dst)), True, 1, 2, (2.0, 1.05)),
+        Case("set", sparse(adam, jp.set_training(SPARSITY, **dst)), True, 1, 2, (2.0, 1.05)),
         Case(
             "static_sparse",
-            jp.sparse(adam, jp.static_sparse(SPARSITY, key=key)),
+            sparse(adam, jp.static_sparse(SPARSITY, key=key)),
             True,
             None,
             1,
             (None, 1.05),
         ),
-        Case("magnitude_ste", jp.sparse(adam, jp.magnitude_ste(sched)), True, 0, 1, (1.5, 1.05)),
+        Case("magnitude_ste", sparse(adam, jp.magnitude_ste(sched)), True, 0, 1, (1.5, 1.05)),
         Case(
             "random_ste",
-            jp.sparse(adam, jp.random_ste(sched, key=key)),
+            sparse(adam, jp.random_ste(sched, key=key)),
             True,
             0,
             1,
@@ -122,7 +126,7 @@ def cases(key: jax.Array) -> list[Case]:
         ),
         Case(
             "saliency_pruning",
-            jp.sparse(adam, jp.saliency_pruning(sched)),
+            sparse(adam, jp.saliency_pruning(sched)),
             True,
             0,
             1,
@@ -130,7 +134,7 @@ def cases(key: jax.Array) -> list[Case]:
         ),
         Case(
             "movement_pruning",
-            jp.sparse(adam, jp.movement_pruning(sched)),
+            sparse(adam, jp.movement_pruning(sched)),
             True,
             0,
             1,
@@ -204,6 +208,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small MLP, 5 repetitions")
     parser.add_argument("--reps", type=int, default=None, help="repetitions (default 21)")
     parser.add_argument("--only", default=None, help="comma-separated algorithm names")
+    parser.add_argument(
+        "--packed", action="store_true", help="jp.sparse(..., mask_dtype='packed'): 1-bit masks"
+    )
     args = parser.parse_args()
     sizes = [784, 256, 256, 10] if args.quick else [784, 2048, 2048, 10]
     reps = args.reps or (5 if args.quick else 21)
@@ -215,7 +222,7 @@ def main() -> None:
     plain = make_step(adam, masked=False)
     plain_state = adam.init(params)
 
-    chosen = cases(key)
+    chosen = cases(key, "packed" if args.packed else "bool")
     if args.only:
         names = args.only.split(",")
         unknown = set(names) - {c.name for c in chosen}

@@ -59,11 +59,14 @@ import optax
 from jax import lax
 
 from jaxprune._src import leaf_rules as spec
+from jaxprune._src import packed as packed_lib
 from jaxprune._src import radix_select as selection
 from jaxprune._src import summaries as summaries_lib
 from jaxprune._src import trees
 from jaxprune._src.base import Array, ArrayLike, LeafRule, Masks, Params, is_float_array
 from jaxprune._src.transform import register_pruning_state, zero_pruned
+
+_MASK_DTYPES = ("bool", "packed")
 
 
 class SparseState(NamedTuple):
@@ -156,7 +159,10 @@ def _reset_grown(inner_state: Any, treedef: Any, p_leaves: list, grown: list) ->
 
 
 def sparse(
-    inner_tx: optax.GradientTransformation, algorithm: SparseAlgorithm
+    inner_tx: optax.GradientTransformation,
+    algorithm: SparseAlgorithm,
+    *,
+    mask_dtype: str = "bool",
 ) -> optax.GradientTransformationExtraArgs:
     r"""Trains sparse: runs ``algorithm``'s masks around the optimizer ``inner_tx``.
 
@@ -186,6 +192,14 @@ def sparse(
       algorithm: a sparse-training algorithm such as :func:`jaxprune.rigl`,
         :func:`jaxprune.set_training`, :func:`jaxprune.static_sparse`,
         :func:`jaxprune.magnitude_ste` or :func:`jaxprune.movement_pruning`.
+      mask_dtype: ``"bool"`` (default): the state's masks are bool arrays, 1 byte per
+        parameter. ``"packed"``: 1 bit per parameter in ``uint32`` words (a ``PackedMask`` per
+        pruned leaf, as :func:`jaxprune.magnitude_pruning` offers), in the optimizer state and
+        in checkpoints; the algorithm sees bool masks, and the masks are bit for bit those of
+        ``"bool"`` (the weights agree to float rounding: XLA may fuse the arithmetic around
+        the unpacking differently).
+        The accessors (:func:`jaxprune.get_masks`, :func:`jaxprune.masked_params`, ...) return
+        bool masks either way.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is a :class:`SparseState`;
@@ -194,6 +208,7 @@ def sparse(
     Raises:
       TypeError: if ``inner_tx`` has no ``init``/``update`` or ``algorithm`` is not a sparse
         training algorithm.
+      ValueError: for an unknown ``mask_dtype``.
       ValueError: at ``update``, when ``params`` is not given.
 
     Examples:
@@ -222,10 +237,21 @@ def sparse(
             "algorithm must be a sparse-training algorithm such as jaxprune.rigl(...), "
             f"jaxprune.set_training(...) or jaxprune.magnitude_ste(...), got {algorithm!r}"
         )
+    if mask_dtype not in _MASK_DTYPES:
+        raise ValueError(f"mask_dtype must be one of {_MASK_DTYPES}, got {mask_dtype!r}")
     alg = algorithm
+    packed = mask_dtype == "packed"
+
+    def pack_masks(masks: Any) -> Any:
+        return jax.tree.map(
+            lambda m: packed_lib.PackedMask.from_bool(m) if _is_pruned(m) else m, masks
+        )
 
     def init_fn(params: Params) -> SparseState:
-        return SparseState(inner=inner_tx.init(params), algorithm=alg.init(params))
+        astate = alg.init(params)
+        if packed:
+            astate = astate._replace(masks=pack_masks(astate.masks))
+        return SparseState(inner=inner_tx.init(params), algorithm=astate)
 
     def update_fn(
         updates: Any, state: SparseState, params: Params = None, **extra_args: Any
@@ -237,6 +263,12 @@ def sparse(
         _, p_leaves, treedef = spec.flatten(params)
         g_leaves = treedef.flatten_up_to(updates)
         astate = state.algorithm
+        words = None
+        if packed:
+            # The algorithm works on bool masks; the state keeps the words (and a step that
+            # keeps its masks passes the words on, an eighth of the bytes of bool masks).
+            words = treedef.flatten_up_to(astate.masks)
+            astate = astate._replace(masks=packed_lib.unpack_tree(astate.masks))
         if alg.observe is not None:
             astate = alg.observe(astate, p_leaves, g_leaves)
         m_leaves = treedef.flatten_up_to(astate.masks)
@@ -286,12 +318,18 @@ def sparse(
             def on_turn(st):
                 u = inner_update(state.inner)[0] if "updates" in alg.reads else None
                 g = g_leaves if "grads" in alg.reads else None
-                return list(alg.recompute(plan, st, p_read, g, u))
+                got = list(alg.recompute(plan, st, p_read, g, u))
+                if packed:
+                    got = [packed_lib.PackedMask.from_bool(m) if _is_pruned(m) else m for m in got]
+                return got
 
             def off_turn(st):
-                return list(treedef.flatten_up_to(st.masks))
+                return list(words) if packed else list(treedef.flatten_up_to(st.masks))
 
             new_m = lax.cond(turn, on_turn, off_turn, astate)
+            if packed:
+                words = new_m
+                new_m = [m.unpack() if packed_lib.is_packed(m) else m for m in new_m]
             # The rest is elementwise and fuses into the optimizer's arithmetic: on a turn of
             # RigL the inner update is skipped (its state kept, its updates zero), and newly
             # grown entries of the inner state are zeroed (none off turns).
@@ -315,9 +353,10 @@ def sparse(
                     both[i] = new_m[i] & m_leaves[i]
             out = zero_pruned(u_leaves, p_leaves, both, pruned)
 
+        kept = words if packed else new_m
         new_astate = astate._replace(
             count=optax.safe_int32_increment(astate.count),
-            masks=jax.tree_util.tree_unflatten(treedef, new_m),
+            masks=jax.tree_util.tree_unflatten(treedef, kept),
         )
         return jax.tree_util.tree_unflatten(treedef, out), SparseState(inner, new_astate)
 
