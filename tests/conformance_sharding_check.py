@@ -24,7 +24,7 @@ def main():
     for name in tc.NAMES:
         tx, step, (params, state), trajectory = tc.case(name)
         params = jax.device_put(params, shardings)
-        state = tx.init(params) if name not in ("rigl", "set", "static") else state
+        state = tx.init(params) if name not in tc.SPARSE_FROM_START else state
         for _ in range(tc.STEPS):
             params, state = step(params, state)
         tc.assert_trees_close(params, trajectory[-1][0])

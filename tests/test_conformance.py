@@ -77,7 +77,57 @@ FACTORIES = {
     "saliency": (lambda: jp.sparse(optax.adam(LR), jp.saliency_pruning(SCHEDULE)), False),
     "movement": (lambda: jp.sparse(optax.adam(LR), jp.movement_pruning(SCHEDULE)), True),
 }
+# The same transformations holding their masks packed, 1 bit per parameter: every check again,
+# and the trajectories of the bool masks (test_packed_equals_bool).
+PACKED = {
+    "magnitude_layer_packed": (
+        lambda: _chain(jp.magnitude_pruning(SCHEDULE, mask_dtype="packed")),
+        False,
+    ),
+    "from_config_packed": (
+        lambda: _chain(
+            jp.tf.pruning_from_config(
+                "pruning_frequency=2,threshold=topk,threshold_decay=0.0,target_sparsity=0.5,"
+                "sparsity_function_end_step=2",
+                mask_dtype="packed",
+            )
+        ),
+        False,
+    ),
+    "random_packed": (
+        lambda: _chain(jp.random_pruning(SCHEDULE, key=KEY, mask_dtype="packed")),
+        False,
+    ),
+    "acdc_packed": (
+        lambda: _chain(
+            jp.acdc(
+                0.5,
+                warmup_steps=0,
+                phase_steps=1,
+                final_compressed_steps=2,
+                total_steps=4,
+                mask_dtype="packed",
+            )
+        ),
+        False,
+    ),
+    "rigl_packed": (
+        lambda: jp.sparse(
+            optax.adam(LR),
+            jp.rigl(0.5, key=KEY, update_every=2, end_step=4),
+            mask_dtype="packed",
+        ),
+        False,
+    ),
+    "magnitude_ste_packed": (
+        lambda: jp.sparse(optax.adam(LR), jp.magnitude_ste(SCHEDULE), mask_dtype="packed"),
+        True,
+    ),
+}
+FACTORIES.update(PACKED)
 NAMES = list(FACTORIES)
+# Sparse from the first step: the run starts from the masked params.
+SPARSE_FROM_START = ("rigl", "set", "static", "rigl_packed")
 
 
 def normal(seed, shape, scale=1.0):
@@ -120,7 +170,7 @@ def case(name):
     step = jax.jit(make_step(tx, st))
     params = init_params()
     state = tx.init(params)
-    if not st and name in ("rigl", "set", "static"):
+    if not st and name in SPARSE_FROM_START:
         params = jp.masked_params(params, state)  # start from the sparse weights
     start = (params, state)
     trajectory = []
@@ -338,6 +388,25 @@ def test_orbax_round_trip_mid_run(name, tmp_path):
         params, state = step(params, state)
         assert_trees_equal(params, trajectory[t][0])
         assert_trees_equal(state, trajectory[t][1])
+
+
+@pytest.mark.parametrize("name", sorted(PACKED))
+def test_packed_equals_bool(name):
+    """Packed masks: the state holds uint32 words; masks and weights those of bool masks."""
+    bool_name = name.removesuffix("_packed")
+    _, _, _, packed_run = case(name)
+    _, _, _, bool_run = case(bool_name)
+    st = FACTORIES[name][1]
+    for (p, s), (bp, bs) in zip(packed_run, bool_run):
+        words = [x for x in jax.tree.leaves(s) if x.dtype == jnp.uint32 and x.ndim == 1]
+        assert len(words) == 2, name  # the two kernels' masks, packed
+        assert_trees_equal(jp.get_masks(s), jp.get_masks(bs))
+        if isinstance(s, tuple) and not isinstance(s, jp.SparseState):
+            # A link last in a chain: the same arithmetic on the weights, bit for bit.
+            assert_trees_equal(p, bp)
+        else:
+            # jp.sparse: XLA may fuse the arithmetic around the unpacking differently.
+            assert_trees_close(forward_params(p, s, st), forward_params(bp, bs, st))
 
 
 def test_sharded_run_equals_one_device():

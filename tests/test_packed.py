@@ -114,6 +114,51 @@ def test_unknown_mask_dtype_is_a_value_error():
         jp.magnitude_pruning(jp.constant_sparsity(0.5), mask_dtype=bool)
 
 
+BAD_DTYPE = {
+    "random_pruning": lambda d: jp.random_pruning(jp.constant_sparsity(0.5), key=0, mask_dtype=d),
+    "acdc": lambda d: jp.acdc(
+        0.5, warmup_steps=0, phase_steps=1, final_compressed_steps=1, total_steps=3, mask_dtype=d
+    ),
+    "pruning_from_config": lambda d: jp.tf.pruning_from_config("target_sparsity=0.5", mask_dtype=d),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_DTYPE))
+def test_every_transformation_checks_mask_dtype(name):
+    with pytest.raises(ValueError, match=r"mask_dtype must be one of \('bool', 'packed'\)"):
+        BAD_DTYPE[name]("uint8")
+    with pytest.raises(ValueError, match="mask_dtype"):
+        BAD_DTYPE[name](None)
+
+
+def test_packed_acdc_fills_dense_phases_without_padding_bits():
+    """A decompressed phase stores all-True masks; the padding bits of the last word stay 0."""
+    params = {"w": jnp.linspace(-1.0, 1.0, 35).reshape(5, 7)}  # 35 bits: 2 words, 29 padding
+
+    def make(mask_dtype):
+        return jp.acdc(
+            0.5,
+            warmup_steps=0,
+            phase_steps=1,
+            final_compressed_steps=1,
+            total_steps=3,
+            mask_dtype=mask_dtype,
+        )
+
+    packed_tx, bool_tx = make("packed"), make("bool")
+    state, bool_state = packed_tx.init(params), bool_tx.init(params)
+    zeros = {"w": jnp.zeros((5, 7))}
+    words = []
+    for _ in range(3):  # compressed, dense, final compressed
+        _, state = packed_tx.update(zeros, state, params)
+        _, bool_state = bool_tx.update(zeros, bool_state, params)
+        words.append(np.asarray(state.masks["w"].words))
+        np.testing.assert_array_equal(jp.get_masks(state)["w"], bool_state.masks["w"])
+    np.testing.assert_array_equal(words[1], [0xFFFFFFFF, 0b111])
+    kept = [sum(bin(int(x)).count("1") for x in w) for w in words]
+    assert kept == [18, 35, 18]  # round(35 * 0.5) = 18 kept when compressed
+
+
 def test_packed_state_holds_uint32_words():
     params = mlp_params()
     tx = jp.magnitude_pruning(jp.constant_sparsity(0.5), mask_dtype="packed")

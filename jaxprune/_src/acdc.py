@@ -13,6 +13,7 @@ from jax import lax
 
 from jaxprune._src import leaf_rules as spec
 from jaxprune._src import masks as masks_lib
+from jaxprune._src import packed as packed_lib
 from jaxprune._src import transform as transform_lib
 from jaxprune._src import validate
 from jaxprune._src.base import Array, LeafRule, Masks, is_float_array
@@ -24,7 +25,8 @@ class ACDCState(NamedTuple):
     """State of :func:`acdc`.
 
     ``masks`` has the structure of the params: a pruned leaf has a bool mask of its own shape
-    (all ``True`` outside compressed phases), a leaf that is not pruned a scalar ``True``.
+    (all ``True`` outside compressed phases; a ``PackedMask`` of 1 bit per parameter with
+    ``mask_dtype="packed"``), a leaf that is not pruned a scalar ``True``.
     """
 
     count: Array  # shape=(), int32: updates seen so far
@@ -55,6 +57,7 @@ def acdc(
     total_steps: int,
     scope: str = "layer",
     prune: LeafRule | None = None,
+    mask_dtype: str = "bool",
 ) -> optax.GradientTransformationExtraArgs:
     r"""Alternating Compressed/DeCompressed training (AC/DC); place it last in an optax chain.
 
@@ -97,6 +100,10 @@ def acdc(
       prune: which leaves are pruned: a regex searched in the ``/``-joined leaf path or a
         predicate ``(path, leaf) -> bool``. Default: float leaves of rank >= 2 not named
         ``bias``.
+      mask_dtype: ``"bool"`` (default): a pruned leaf's mask is a bool array, 1 byte per
+        parameter. ``"packed"``: 1 bit per parameter in ``uint32`` words, in the state and in
+        checkpoints, as :func:`jaxprune.magnitude_pruning` offers; masks and trajectories are
+        bit for bit those of ``"bool"``, and the accessors return bool masks either way.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``. Its state is an :class:`ACDCState`;
@@ -104,8 +111,9 @@ def acdc(
 
     Raises:
       ValueError: for a sparsity outside ``[0, 1)``, step counts out of range or that do not
-        fit the timeline, an unknown ``scope``, a per-leaf map with ``prune`` or global scope,
-        or (at ``init``) a rule that matches no leaf or a map path that is not a float leaf.
+        fit the timeline, an unknown ``scope`` or ``mask_dtype``, a per-leaf map with
+        ``prune`` or global scope, or (at ``init``) a rule that matches no leaf or a map path
+        that is not a float leaf.
       TypeError: for arguments of the wrong type, or a rule that selects a non-float leaf.
 
     Examples:
@@ -134,6 +142,7 @@ def acdc(
     total = validate.check_int(total_steps, "total_steps", 1)
     if scope not in _SCOPES:
         raise ValueError(f"scope must be one of {_SCOPES}, got {scope!r}")
+    packed = packed_lib.check_mask_dtype(mask_dtype)
     cycling = total - warmup - final
     if cycling < 0 or cycling % (2 * phase):
         cycles = max(cycling, 0) // (2 * phase)
@@ -187,7 +196,7 @@ def acdc(
         _, _, treedef, chosen, _ = plan(params)
         return ACDCState(
             count=jnp.zeros((), jnp.int32),
-            masks=jax.tree_util.tree_unflatten(treedef, masks_lib.masks_like(params, chosen)),
+            masks=packed_lib.stored_masks(params, masks_lib.masks_like(params, chosen), packed),
         )
 
     def update_fn(
@@ -200,7 +209,7 @@ def acdc(
             )
         _, p_leaves, treedef, chosen, targets = plan(params)
         u_leaves = treedef.flatten_up_to(updates)
-        m_leaves = treedef.flatten_up_to(state.masks)
+        m_leaves, masks_def = packed_lib.read_masks(state.masks, treedef, packed)
         idx = [i for i, on in enumerate(chosen) if on]
         compressed, starts = acdc_phases(
             state.count, warmup_steps=warmup, phase_steps=phase, final_start=final_start
@@ -210,10 +219,12 @@ def acdc(
             p, u, _ = operands
             if scope == "global":
                 masks, _ = masks_lib.global_threshold(p, target, u)
-                return masks
-            return [
-                masks_lib.magnitude_threshold(x, targets[i], ux)[0] for i, x, ux in zip(idx, p, u)
-            ]
+            else:
+                masks = [
+                    masks_lib.magnitude_threshold(x, targets[i], ux)[0]
+                    for i, x, ux in zip(idx, p, u)
+                ]
+            return packed_lib.pack_pruned(masks) if packed else masks
 
         def keep(operands):
             return list(operands[2])
@@ -226,12 +237,13 @@ def acdc(
         new_m = lax.cond(starts, recompute, keep, operands)
         for i, m in zip(idx, new_m):
             # Outside compressed phases every mask is all True.
-            m_leaves[i] = jnp.logical_or(m, jnp.logical_not(compressed))
+            m_leaves[i] = packed_lib.or_not(m, compressed)
 
-        out = transform_lib.zero_pruned(u_leaves, p_leaves, m_leaves, idx)
+        bool_masks = [packed_lib.as_bool(m) for m in m_leaves]
+        out = transform_lib.zero_pruned(u_leaves, p_leaves, bool_masks, idx)
         new_state = ACDCState(
             count=optax.safe_int32_increment(state.count),
-            masks=jax.tree_util.tree_unflatten(treedef, m_leaves),
+            masks=jax.tree_util.tree_unflatten(masks_def, m_leaves),
         )
         return jax.tree_util.tree_unflatten(treedef, out), new_state
 

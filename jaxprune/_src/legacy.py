@@ -43,6 +43,7 @@ from jax import lax
 
 from jaxprune._src import leaf_rules, radix_select, structured
 from jaxprune._src import masks as masks_lib
+from jaxprune._src import packed as packed_lib
 from jaxprune._src.base import Array, ArrayLike, LeafRule, Masks
 from jaxprune._src.config import THRESHOLDS, PruningConfig, warn_timeline
 from jaxprune._src.schedules import PolynomialDecay
@@ -55,7 +56,8 @@ class LegacyPruningState(NamedTuple):
     """State of :func:`pruning_from_config`.
 
     ``masks`` and ``thresholds`` have the structure of the params, as in
-    :class:`jaxprune.MagnitudePruningState`: a pruned leaf has a bool mask of its own shape and
+    :class:`jaxprune.MagnitudePruningState`: a pruned leaf has a bool mask of its own shape (a
+    ``PackedMask`` of 1 bit per parameter with ``mask_dtype="packed"``) and
     its smoothed threshold (a pooled block score for block-pruned leaves), a scalar of its
     dtype; a leaf that is not pruned has a scalar ``True`` mask and a zero threshold.
     """
@@ -406,7 +408,7 @@ def _block_shape(
 
 
 def pruning_from_config(
-    config: PruningConfig | str, *, prune: LeafRule | None = None
+    config: PruningConfig | str, *, prune: LeafRule | None = None, mask_dtype: str = "bool"
 ) -> optax.GradientTransformationExtraArgs:
     r"""TensorFlow's legacy ``model_pruning`` from its hyperparameters; place it last in a chain.
 
@@ -463,14 +465,20 @@ def pruning_from_config(
       prune: which leaves are pruned: a regex searched in the ``/``-joined leaf path, or a
         predicate ``(path, leaf) -> bool``. Default: float leaves of
         rank >= 2 (kernels and embeddings). Map regexes are searched in the same paths.
+      mask_dtype: ``"bool"`` (default): a pruned leaf's mask is a bool array, 1 byte per
+        parameter. ``"packed"``: 1 bit per parameter in ``uint32`` words, in the state and in
+        checkpoints, as :func:`jaxprune.magnitude_pruning` offers; masks, thresholds and
+        trajectories are bit for bit those of ``"bool"``, and the accessors return bool masks
+        either way.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is a
       :class:`LegacyPruningState`; ``update`` needs ``params``.
 
     Raises:
-      ValueError: for a bad config string, or (at ``init``) a rule or map entry that matches no
-        leaf, a leaf matched by two map entries, or blocks for a weight that is not rank 2.
+      ValueError: for a bad config string, an unknown ``mask_dtype``, or (at ``init``) a rule
+        or map entry that matches no leaf, a leaf matched by two map entries, or blocks for a
+        weight that is not rank 2.
       TypeError: for a config of another type, or a rule that selects a non-float leaf.
 
     Examples:
@@ -497,6 +505,7 @@ def pruning_from_config(
             f"config must be a PruningConfig or its hparams string, got {type(config).__name__}"
         )
     _check_rescaled_sparsities(config)
+    packed = packed_lib.check_mask_dtype(mask_dtype)
     warn_timeline(config, stacklevel=2)
     rule = leaf_rules.compile_rule(prune, "prune")
     curve = sparsity_function(config)
@@ -526,7 +535,7 @@ def pruning_from_config(
         return LegacyPruningState(
             count=jnp.zeros((), jnp.int32),
             last_update_step=jnp.zeros((), jnp.int32),
-            masks=jax.tree_util.tree_unflatten(treedef, masks_lib.masks_like(params, chosen)),
+            masks=packed_lib.stored_masks(params, masks_lib.masks_like(params, chosen), packed),
             thresholds=jax.tree_util.tree_unflatten(treedef, thresholds),
         )
 
@@ -541,7 +550,7 @@ def pruning_from_config(
             )
         p_leaves, treedef, chosen, per_leaf = plan(params)
         u_leaves = treedef.flatten_up_to(updates)
-        m_leaves = treedef.flatten_up_to(state.masks)
+        m_leaves, masks_def = packed_lib.read_masks(state.masks, treedef, packed)
         t_leaves = treedef.flatten_up_to(state.thresholds)
         idx = [i for i, on in enumerate(chosen) if on]
 
@@ -568,7 +577,7 @@ def pruning_from_config(
                 )
                 out_m.append(m)
                 out_t.append(new_t)
-            return out_m, out_t
+            return (packed_lib.pack_pruned(out_m) if packed else out_m), out_t
 
         def keep(operands):
             _, m, t, _ = operands
@@ -585,11 +594,11 @@ def pruning_from_config(
             for j, i in enumerate(idx):
                 m_leaves[i], t_leaves[i] = new_m[j], new_t[j]
 
-        out = zero_pruned(u_leaves, p_leaves, m_leaves, idx)
+        out = zero_pruned(u_leaves, p_leaves, [packed_lib.as_bool(m) for m in m_leaves], idx)
         new_state = LegacyPruningState(
             count=optax.safe_int32_increment(state.count),
             last_update_step=jnp.where(fire, step, state.last_update_step),
-            masks=jax.tree_util.tree_unflatten(treedef, m_leaves),
+            masks=jax.tree_util.tree_unflatten(masks_def, m_leaves),
             thresholds=jax.tree_util.tree_unflatten(treedef, t_leaves),
         )
         return jax.tree_util.tree_unflatten(treedef, out), new_state

@@ -142,3 +142,74 @@ def unpack_tree(masks: Any) -> Any:
 def has_packed(masks: Any) -> bool:
     """Whether ``masks`` holds a :class:`PackedMask`."""
     return any(is_packed(m) for m in jax.tree.leaves(masks, is_leaf=is_packed))
+
+
+# ------------------------------------------------------- how a transformation keeps its masks
+
+MASK_DTYPES = ("bool", "packed")
+
+
+def check_mask_dtype(mask_dtype: Any) -> bool:
+    """Validates a transformation's ``mask_dtype`` argument; ``True`` for ``"packed"``."""
+    if not isinstance(mask_dtype, str) or mask_dtype not in MASK_DTYPES:
+        raise ValueError(f"mask_dtype must be one of {MASK_DTYPES}, got {mask_dtype!r}")
+    return mask_dtype == "packed"
+
+
+def as_bool(mask: Any) -> Any:
+    """A mask leaf as the transformations use it: a :class:`PackedMask` unpacked, else itself."""
+    return mask.unpack() if is_packed(mask) else mask
+
+
+def pack_pruned(masks: list[Any]) -> list[Any]:
+    """Every pruned leaf's bool mask (rank >= 1) packed; scalar masks kept as they are."""
+    return [PackedMask.from_bool(m) if np.ndim(m) > 0 else m for m in masks]
+
+
+def stored_masks(params: Any, masks: list[Any], packed: bool) -> Any:
+    """The ``masks`` field of a state from flat masks in the params' order.
+
+    Bool masks take the params' tree structure (flax.nnx ``Variable`` wrappers included).
+    Packed masks take it without the wrappers: ``nnx.Optimizer`` wraps each array of the state
+    in a ``Variable``, and a :class:`PackedMask` inside one would come back from ``nnx.update``
+    as a plain mapping, its shape lost.
+    """
+    from jaxprune._src import trees  # trees imports this module
+
+    if not packed:
+        return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), masks)
+    bare = jax.tree.map(trees.unwrap, params, is_leaf=trees.is_variable)
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(bare), pack_pruned(masks))
+
+
+def read_masks(state_masks: Any, treedef: Any, packed: bool) -> tuple[list[Any], Any]:
+    """``(flat masks as stored, the tree structure to store them with)`` of a state.
+
+    ``treedef`` is the params' tree structure. Packed masks stay packed: unpack them
+    (:func:`as_bool`) where they are used, so XLA fuses the bit extraction into that use.
+
+    Raises:
+      ValueError: if packed masks do not have a leaf per leaf of the params.
+    """
+    if not packed:
+        return treedef.flatten_up_to(state_masks), treedef
+    leaves, masks_def = jax.tree_util.tree_flatten(state_masks, is_leaf=is_packed)
+    if len(leaves) != treedef.num_leaves:
+        raise ValueError(
+            f"the packed masks have {len(leaves)} leaves, the params {treedef.num_leaves}: "
+            "the state belongs to other params"
+        )
+    return leaves, masks_def
+
+
+def or_not(mask: Any, flag: ArrayLike) -> Any:
+    """``mask | ~flag`` (every entry kept where ``flag`` is false), packed or not."""
+    if not is_packed(mask):
+        return jnp.logical_or(mask, jnp.logical_not(flag))
+    full, tail = divmod(mask.size, WORD_BITS)
+    # All bits set, but the last word's padding bits, which stay zero (computed, not a
+    # constant as large as the words).
+    i = jax.lax.iota(jnp.int32, num_words(mask.size))
+    ones = jnp.where(i < full, jnp.uint32(0xFFFFFFFF), jnp.uint32((1 << tail) - 1))
+    fill = jnp.where(flag, jnp.zeros((), jnp.uint32), ones)
+    return PackedMask(mask.words | fill, mask.shape)

@@ -14,6 +14,7 @@ from jax import lax
 
 from jaxprune._src import leaf_rules as spec
 from jaxprune._src import masks as masks_lib
+from jaxprune._src import packed as packed_lib
 from jaxprune._src import radix_select as selection
 from jaxprune._src import transform as transform_lib
 from jaxprune._src.base import Array, ArrayLike, LeafRule, Masks
@@ -25,7 +26,8 @@ class RandomPruningState(NamedTuple):
     """State of :func:`random_pruning`.
 
     ``masks`` has the structure of the params: a pruned leaf has a bool mask of its own shape
-    (one byte per parameter), a leaf that is not pruned a scalar ``True``. The random scores
+    (one byte per parameter; a ``PackedMask`` of 1 bit per parameter with
+    ``mask_dtype="packed"``), a leaf that is not pruned a scalar ``True``. The random scores
     are not stored: they are drawn again from the key on every pruning turn.
     """
 
@@ -97,6 +99,7 @@ def random_pruning(
     key: Any = None,
     prune: LeafRule | None = None,
     sparsity_map: Mapping[str, float | PruningSchedule] | None = None,
+    mask_dtype: str = "bool",
 ) -> optax.GradientTransformationExtraArgs:
     r"""Prunes random weights on a schedule; place it last in an optax chain.
 
@@ -129,13 +132,18 @@ def random_pruning(
         rescales the schedule's curve to end at ``v`` (:math:`s_\ell = s \cdot v / s_{final}`);
         a schedule replaces the schedule for that leaf. Leaves not in the map follow
         ``schedule``.
+      mask_dtype: ``"bool"`` (default): a pruned leaf's mask is a bool array, 1 byte per
+        parameter. ``"packed"``: 1 bit per parameter in ``uint32`` words, in the state and in
+        checkpoints, as :func:`jaxprune.magnitude_pruning` offers; masks and trajectories are
+        bit for bit those of ``"bool"``, and the accessors return bool masks either way.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``. Its state is a :class:`RandomPruningState`;
       ``update`` needs ``params``.
 
     Raises:
-      ValueError: for a missing key, a bad ``sparsity_map`` value, or (at ``init``) a rule that
+      ValueError: for a missing key, a bad ``sparsity_map`` value, an unknown ``mask_dtype``,
+        or (at ``init``) a rule that
         matches no leaf or a ``sparsity_map`` path that is not a pruned leaf.
       TypeError: for a key that is not a key or an int, a non-callable schedule, non-string
         ``sparsity_map`` keys, or a rule that selects a non-float leaf.
@@ -164,6 +172,7 @@ def random_pruning(
     """
     transform_lib._check_schedule(schedule, "schedule")
     root_key = as_key(key)
+    packed = packed_lib.check_mask_dtype(mask_dtype)
     rule = spec.compile_rule(prune, "prune")
     leaf_schedules = transform_lib._leaf_schedules(schedule, exact_path_map(sparsity_map))
 
@@ -176,7 +185,7 @@ def random_pruning(
         leaves, treedef, chosen, _ = plan(params)
         return RandomPruningState(
             count=jnp.zeros((), jnp.int32),
-            masks=jax.tree_util.tree_unflatten(treedef, masks_lib.masks_like(params, chosen)),
+            masks=packed_lib.stored_masks(params, masks_lib.masks_like(params, chosen), packed),
         )
 
     def update_fn(
@@ -189,7 +198,7 @@ def random_pruning(
             )
         p_leaves, treedef, chosen, scheds = plan(params)
         u_leaves = treedef.flatten_up_to(updates)
-        m_leaves = treedef.flatten_up_to(state.masks)
+        m_leaves, masks_def = packed_lib.read_masks(state.masks, treedef, packed)
 
         # Leaves that share a schedule are updated together under one lax.cond.
         groups: dict[int, list[int]] = {}
@@ -207,10 +216,11 @@ def random_pruning(
 
             def recompute(operands, idx=idx, shapes=shapes):
                 masks, s = operands
-                return [
-                    nested_random_mask(random_scores(root_key, i, shape), m, s)
+                got = [
+                    nested_random_mask(random_scores(root_key, i, shape), packed_lib.as_bool(m), s)
                     for i, shape, m in zip(idx, shapes, masks)
                 ]
+                return packed_lib.pack_pruned(got) if packed else got
 
             def keep(operands):
                 return list(operands[0])
@@ -220,10 +230,11 @@ def random_pruning(
                 m_leaves[i] = new_m[j]
 
         pruned = [i for i, on in enumerate(chosen) if on]
-        out = transform_lib.zero_pruned(u_leaves, p_leaves, m_leaves, pruned)
+        bool_masks = [packed_lib.as_bool(m) for m in m_leaves]
+        out = transform_lib.zero_pruned(u_leaves, p_leaves, bool_masks, pruned)
         new_state = RandomPruningState(
             count=optax.safe_int32_increment(state.count),
-            masks=jax.tree_util.tree_unflatten(treedef, m_leaves),
+            masks=jax.tree_util.tree_unflatten(masks_def, m_leaves),
         )
         return jax.tree_util.tree_unflatten(treedef, out), new_state
 

@@ -68,8 +68,6 @@ from jaxprune._src import trees
 from jaxprune._src.base import Array, ArrayLike, LeafRule, Masks, Params, is_float_array
 from jaxprune._src.transform import register_pruning_state, zero_pruned
 
-_MASK_DTYPES = ("bool", "packed")
-
 
 class SparseState(NamedTuple):
     """State of :func:`sparse`: the inner optimizer's state and the algorithm's state."""
@@ -239,10 +237,8 @@ def sparse(
             "algorithm must be a sparse-training algorithm such as jaxprune.rigl(...), "
             f"jaxprune.set_training(...) or jaxprune.magnitude_ste(...), got {algorithm!r}"
         )
-    if mask_dtype not in _MASK_DTYPES:
-        raise ValueError(f"mask_dtype must be one of {_MASK_DTYPES}, got {mask_dtype!r}")
+    packed = packed_lib.check_mask_dtype(mask_dtype)
     alg = algorithm
-    packed = mask_dtype == "packed"
 
     def pack_masks(masks: Any) -> Any:
         return jax.tree.map(
@@ -322,7 +318,7 @@ def sparse(
                 g = g_leaves if "grads" in alg.reads else None
                 got = list(alg.recompute(plan, st, p_read, g, u))
                 if packed:
-                    got = [packed_lib.PackedMask.from_bool(m) if _is_pruned(m) else m for m in got]
+                    got = packed_lib.pack_pruned(got)
                 return got
 
             def off_turn(st):
@@ -331,7 +327,7 @@ def sparse(
             new_m = lax.cond(turn, on_turn, off_turn, astate)
             if packed:
                 words = new_m
-                new_m = [m.unpack() if packed_lib.is_packed(m) else m for m in new_m]
+                new_m = [packed_lib.as_bool(m) for m in new_m]
             # The rest is elementwise and fuses into the optimizer's arithmetic: on a turn of
             # RigL the inner update is skipped (its state kept, its updates zero), and newly
             # grown entries of the inner state are zeroed (none off turns).

@@ -39,7 +39,7 @@ def find_pruning_states(opt_state: Any) -> list[MagnitudePruningState]:
     """Every pruning state (e.g. :class:`MagnitudePruningState`) inside ``opt_state``.
 
     Looks inside ``optax.chain``, ``optax.MultiSteps``, ``nnx.Optimizer`` states and the like.
-    Packed masks (``magnitude_pruning(mask_dtype="packed")``) are returned unpacked: bool
+    Packed masks (``mask_dtype="packed"``) are returned unpacked: bool
     arrays of the leaves' shapes, as every accessor expects.
     """
     found: list[Any] = []

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from jaxprune._src import leaf_rules, radix_select, trees
+from jaxprune._src import leaf_rules, radix_select
 from jaxprune._src import masks as masks_lib
 from jaxprune._src import packed as packed_lib
 from jaxprune._src.base import Array, ArrayLike, LeafRule, Masks, is_float_array
@@ -19,7 +19,6 @@ from jaxprune._src.schedules import PruningSchedule
 
 _SCOPES = ("layer", "global")
 _RECOMPUTE_FROM = ("updated", "current")
-_MASK_DTYPES = ("bool", "packed")
 
 
 class MagnitudePruningState(NamedTuple):
@@ -352,8 +351,10 @@ def magnitude_pruning(
         :func:`jaxprune.pruning_summaries`, :func:`jaxprune.check_pruned_zero`,
         :func:`jaxprune.strip` and the accessors return and use bool masks of the params'
         shapes either way. ``state.masks`` itself holds the packed form (without flax.nnx
-        ``Variable`` wrappers): read masks through :func:`jaxprune.get_masks`. Only this
-        transformation offers packed masks.
+        ``Variable`` wrappers): read masks through :func:`jaxprune.get_masks`. Every
+        transformation that zeroes weights by masks takes ``mask_dtype`` (also
+        :func:`jaxprune.random_pruning`, :func:`jaxprune.acdc`,
+        :func:`jaxprune.tf.pruning_from_config` and :func:`jaxprune.sparse`).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``. Its state is a
@@ -383,9 +384,7 @@ def magnitude_pruning(
         raise ValueError(f"scope must be one of {_SCOPES}, got {scope!r}")
     if recompute_from not in _RECOMPUTE_FROM:
         raise ValueError(f"recompute_from must be one of {_RECOMPUTE_FROM}, got {recompute_from!r}")
-    if mask_dtype not in _MASK_DTYPES:
-        raise ValueError(f"mask_dtype must be one of {_MASK_DTYPES}, got {mask_dtype!r}")
-    packed = mask_dtype == "packed"
+    packed = packed_lib.check_mask_dtype(mask_dtype)
     rule = leaf_rules.compile_rule(prune, "prune")
     excluded = leaf_rules.compile_rule(exclude, "exclude")
     leaf_schedules = _leaf_schedules(schedule, sparsity_map)
@@ -417,25 +416,14 @@ def magnitude_pruning(
                 # Trace the structure once on the leaf's shape, so a structure the leaf cannot
                 # take (e.g. blocks on a rank-4 kernel) fails here rather than inside a step.
                 check_structure(_per_slice(st, axis), leaf, path, axis)
-        masks = masks_lib.masks_like(params, chosen)
-        masks_def = treedef
-        if packed:
-            masks = [
-                packed_lib.PackedMask.from_bool(m) if on else m for m, on in zip(masks, chosen)
-            ]
-            # Without the params' flax.nnx Variable wrappers: nnx.Optimizer wraps each array
-            # of the state in a Variable, and a PackedMask inside a Variable would come back
-            # from nnx.update as a plain mapping, its shape lost.
-            masks_def = jax.tree_util.tree_structure(
-                jax.tree.map(trees.unwrap, params, is_leaf=trees.is_variable)
-            )
+        masks = packed_lib.stored_masks(params, masks_lib.masks_like(params, chosen), packed)
         thresholds = [
             t if a is None else jnp.zeros((np.shape(x)[a],), t.dtype)
             for t, x, a in zip(initial_thresholds(leaves), leaves, axes)
         ]
         return MagnitudePruningState(
             count=jnp.zeros((), jnp.int32),
-            masks=jax.tree_util.tree_unflatten(masks_def, masks),
+            masks=masks,
             thresholds=jax.tree_util.tree_unflatten(treedef, thresholds),
             skipped_turns=jnp.zeros((), jnp.int32),
         )
@@ -450,17 +438,7 @@ def magnitude_pruning(
             )
         p_leaves, treedef, chosen, scheds, structs, axes = plan(params)
         u_leaves = treedef.flatten_up_to(updates)
-        if packed:
-            m_leaves, masks_def = jax.tree_util.tree_flatten(
-                state.masks, is_leaf=packed_lib.is_packed
-            )
-            if len(m_leaves) != len(p_leaves):
-                raise ValueError(
-                    f"the packed masks have {len(m_leaves)} leaves, the params "
-                    f"{len(p_leaves)}: the state belongs to other params"
-                )
-        else:
-            m_leaves, masks_def = treedef.flatten_up_to(state.masks), treedef
+        m_leaves, masks_def = packed_lib.read_masks(state.masks, treedef, packed)
         t_leaves = treedef.flatten_up_to(state.thresholds)
 
         # Leaves that share a schedule (and, with global scope, a threshold) are updated
@@ -516,7 +494,7 @@ def magnitude_pruning(
                     m, t = _per_slice(structs[i], axes[i])(x, s)
                     masks[j], thrs[j] = m.astype(bool), jnp.asarray(t).astype(p[j].dtype)
                 if packed:
-                    masks = [packed_lib.PackedMask.from_bool(m) for m in masks]
+                    masks = packed_lib.pack_pruned(masks)
                 return masks, thrs
 
             def keep(operands):
@@ -535,12 +513,9 @@ def magnitude_pruning(
                 m_leaves[i], t_leaves[i] = new_m[j], new_t[j]
 
         pruned = [i for i, on in enumerate(chosen) if on]
-        if packed:
-            # Unpacked where it is used: XLA fuses the bit extraction into the update.
-            bool_masks = [m.unpack() if packed_lib.is_packed(m) else m for m in m_leaves]
-            out = zero_pruned(u_leaves, p_leaves, bool_masks, pruned)
-        else:
-            out = zero_pruned(u_leaves, p_leaves, m_leaves, pruned)
+        # Packed masks are unpacked where they are used: XLA fuses the bit extraction into the
+        # update.
+        out = zero_pruned(u_leaves, p_leaves, [packed_lib.as_bool(m) for m in m_leaves], pruned)
         new_state = MagnitudePruningState(
             count=optax.safe_int32_increment(state.count),
             masks=jax.tree_util.tree_unflatten(masks_def, m_leaves),
