@@ -644,6 +644,7 @@ def main(argv: list[str] | None = None) -> int:
         save_results(args.json, results)
     import results_report  # noqa: PLC0415  (matplotlib only when writing the report)
 
+    args.plots.mkdir(parents=True, exist_ok=True)
     results_report.write_report(results, args.md, args.plots, all_rows())
     print(f"wrote {args.md}, {args.json} and plots in {args.plots}; wall {wall:.0f}s")
     return 0

@@ -348,6 +348,29 @@ def method_keys(seeds: tuple[int, ...]) -> jax.Array:
     return jnp.stack([jax.random.fold_in(jax.random.key(s), 2) for s in seeds])
 
 
+def shared_counts(state: Any) -> tuple[Any, Any]:
+    """``(state, in_axes)`` for ``jax.vmap`` over seeds, with the step counts not batched.
+
+    ``state`` is stacked over the seeds (``jax.vmap(tx.init)``). Its integer leaves that are
+    equal across the seeds (the update counts, and the counters derived from them) are
+    unstacked and get the axis ``None``; every other leaf keeps axis 0. This keeps every pruning
+    turn a conditional: under ``jax.vmap`` a ``lax.cond`` whose predicate is batched becomes a
+    ``select`` that runs both branches, so with batched counts every training step paid for a
+    whole pruning turn (the mask selection of RigL and SET, N:M groups, saliency scores).
+    """
+    leaves, treedef = jax.tree.flatten(state)
+
+    def shared(a: Any) -> bool:
+        if not (jnp.issubdtype(a.dtype, jnp.integer) and a.ndim == 1):
+            return False
+        values = np.asarray(a)
+        return bool(np.all(values == values[0]))
+
+    axes = [None if shared(a) else 0 for a in leaves]
+    unstacked = [a[0] if ax is None else a for a, ax in zip(leaves, axes, strict=True)]
+    return treedef.unflatten(unstacked), treedef.unflatten(axes)
+
+
 def train(
     model: nn.Module,
     spec: dict,
@@ -394,8 +417,10 @@ def train(
         return p, s, losses.mean()
 
     init = jax.jit(jax.vmap(lambda p, ex: make_tx(ex).init(p)))
-    opt_state = init(params, extra)
-    run = jax.jit(jax.vmap(run_seed, in_axes=(0, 0, 0, 0, None, None)))
+    opt_state, s_axes = shared_counts(init(params, extra))
+    run = jax.jit(
+        jax.vmap(run_seed, in_axes=(0, s_axes, 0, 0, None, None), out_axes=(0, s_axes, 0))
+    )
     x_all, y_all = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     chunks = []  # (epoch, number of steps) so that a fine-tune can stop mid-epoch
     left, epoch = steps, 0
@@ -415,7 +440,7 @@ def train(
         jax.block_until_ready(params)
         seconds += time.perf_counter() - start
     if kind == "sparse":
-        params = jax.jit(jax.vmap(jp.masked_params))(params, opt_state)
+        params = jax.jit(jax.vmap(jp.masked_params, in_axes=(0, s_axes)))(params, opt_state)
     if not np.all(np.isfinite(np.asarray(loss))):
         raise FloatingPointError(f"{spec}: the training loss is not finite: {loss}")
     return params, seconds
