@@ -309,3 +309,47 @@ def test_equinox_structures_use_equinox_axes():
     assert np.all(nm.reshape(8, 4, 4).sum(axis=-1) == 2)
     units = np.asarray(masks.layers[1].weight)  # whole rows (output units) kept or pruned
     assert sorted(units.sum(axis=1).tolist()) == [0, 0, 8, 8]
+
+
+def test_vmap_over_seeds_with_unbatched_counts_keeps_turns_conditional():
+    """docs/frameworks.md: counts with axis None keep lax.cond a conditional under vmap."""
+
+    def init_params(key):
+        return {"w": jax.random.normal(key, (64, 32)), "b": jnp.zeros(32)}
+
+    tx = jp.sparse(
+        optax.adam(1e-2), jp.rigl(0.75, key=jax.random.key(0), update_every=2, end_step=8)
+    )
+    one_state = jax.eval_shape(tx.init, init_params(jax.random.key(0)))
+    axes = jax.tree.map(lambda x: None if x.dtype == jnp.int32 and x.ndim == 0 else 0, one_state)
+    seeds = jax.random.split(jax.random.key(1), 3)
+    x = jax.random.normal(jax.random.key(2), (8, 64))
+
+    def step(params, state, x):
+        grads = jax.grad(lambda p: jnp.mean((x @ p["w"] + p["b"][None] - 1.0) ** 2))(params)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    vparams = jax.vmap(init_params)(seeds)
+    vstate = jax.vmap(tx.init, out_axes=axes)(vparams)
+    vparams = jax.vmap(jp.masked_params, in_axes=(0, axes))(vparams, vstate)
+    vstep = jax.jit(jax.vmap(step, in_axes=(0, axes, None), out_axes=(0, axes)))
+    hlo = vstep.lower(vparams, vstate, x).compile().as_text()
+    assert " conditional(" in hlo  # the turn is a branch, not a select of both
+    for _ in range(6):
+        vparams, vstate = vstep(vparams, vstate, x)
+    assert int(vstate.algorithm.count) == 6  # one count for all seeds
+
+    one_step = jax.jit(step)
+    for i, key in enumerate(seeds):
+        params = init_params(key)
+        state = tx.init(params)
+        params = jp.masked_params(params, state)
+        for _ in range(6):
+            params, state = one_step(params, state, x)
+        np.testing.assert_array_equal(
+            np.asarray(jp.get_masks(state)["w"]), np.asarray(vstate.algorithm.masks["w"][i])
+        )
+        np.testing.assert_allclose(
+            np.asarray(params["w"]), np.asarray(vparams["w"][i]), rtol=1e-5, atol=1e-6
+        )

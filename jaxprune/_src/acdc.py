@@ -5,17 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax import lax
 
 from jaxprune._src import leaf_rules as spec
+from jaxprune._src import link_core, validate
 from jaxprune._src import masks as masks_lib
 from jaxprune._src import packed as packed_lib
 from jaxprune._src import transform as transform_lib
-from jaxprune._src import validate
 from jaxprune._src.base import Array, LeafRule, Masks, is_float_array
 
 _SCOPES = ("layer", "global")
@@ -203,10 +201,7 @@ def acdc(
         updates: Any, state: ACDCState, params: Any = None, **extra_args: Any
     ) -> tuple[Any, ACDCState]:
         del extra_args
-        if params is None:
-            raise ValueError(
-                "acdc needs the current params: call tx.update(updates, state, params)"
-            )
+        link_core.needs_params(params, "acdc")
         _, p_leaves, treedef, chosen, targets = plan(params)
         u_leaves = treedef.flatten_up_to(updates)
         m_leaves, masks_def = packed_lib.read_masks(state.masks, treedef, packed)
@@ -215,37 +210,29 @@ def acdc(
             state.count, warmup_steps=warmup, phase_steps=phase, final_start=final_start
         )
 
-        def recompute(operands):
-            p, u, _ = operands
+        def recompute(operands: tuple, masks: list[Array]) -> tuple[list[Array], None]:
+            del masks  # chosen from the weights this update produces
+            p, u = operands
             if scope == "global":
-                masks, _ = masks_lib.global_threshold(p, target, u)
-            else:
-                masks = [
-                    masks_lib.magnitude_threshold(x, targets[i], ux)[0]
-                    for i, x, ux in zip(idx, p, u)
-                ]
-            return packed_lib.pack_pruned(masks) if packed else masks
+                return masks_lib.global_threshold(p, target, u)[0], None
+            got = [
+                masks_lib.magnitude_threshold(x, targets[i], ux)[0] for i, x, ux in zip(idx, p, u)
+            ]
+            return got, None
 
-        def keep(operands):
-            return list(operands[2])
-
-        operands = (
-            [p_leaves[i] for i in idx],
-            [u_leaves[i] for i in idx],
-            [m_leaves[i] for i in idx],
-        )
-        new_m = lax.cond(starts, recompute, keep, operands)
-        for i, m in zip(idx, new_m):
+        operands = ([p_leaves[i] for i in idx], [u_leaves[i] for i in idx])
+        turns = [link_core.Turn(idx, starts, recompute, operands)]
+        m_leaves, _ = link_core.run_turns(turns, m_leaves, None, packed=packed)
+        for i in idx:
             # Outside compressed phases every mask is all True.
-            m_leaves[i] = packed_lib.or_not(m, compressed)
+            m_leaves[i] = packed_lib.or_not(m_leaves[i], compressed)
 
-        bool_masks = [packed_lib.as_bool(m) for m in m_leaves]
-        out = transform_lib.zero_pruned(u_leaves, p_leaves, bool_masks, idx)
+        out = link_core.zeroed_updates(u_leaves, p_leaves, m_leaves, idx)
         new_state = ACDCState(
             count=optax.safe_int32_increment(state.count),
-            masks=jax.tree_util.tree_unflatten(masks_def, m_leaves),
+            masks=link_core.unflatten(masks_def, m_leaves),
         )
-        return jax.tree_util.tree_unflatten(treedef, out), new_state
+        return link_core.unflatten(treedef, out), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

@@ -39,15 +39,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax import lax
 
-from jaxprune._src import leaf_rules, radix_select, structured
+from jaxprune._src import leaf_rules, link_core, radix_select, structured
 from jaxprune._src import masks as masks_lib
 from jaxprune._src import packed as packed_lib
 from jaxprune._src.base import Array, ArrayLike, LeafRule, Masks
 from jaxprune._src.config import THRESHOLDS, PruningConfig, warn_timeline
 from jaxprune._src.schedules import PolynomialDecay
-from jaxprune._src.transform import initial_thresholds, register_pruning_state, zero_pruned
+from jaxprune._src.transform import initial_thresholds, register_pruning_state
 
 __all__ = ["LegacyPruningState", "pruning_from_config"]
 
@@ -543,11 +542,7 @@ def pruning_from_config(
         updates: Any, state: LegacyPruningState, params: Any = None, **extra_args: Any
     ) -> tuple[Any, LegacyPruningState]:
         del extra_args
-        if params is None:
-            raise ValueError(
-                "pruning_from_config needs the current params: call "
-                "tx.update(updates, state, params)"
-            )
+        link_core.needs_params(params, "pruning_from_config")
         p_leaves, treedef, chosen, per_leaf = plan(params)
         u_leaves = treedef.flatten_up_to(updates)
         m_leaves, masks_def = packed_lib.read_masks(state.masks, treedef, packed)
@@ -558,8 +553,9 @@ def pruning_from_config(
         fire = should_update(config, step, state.last_update_step)
         _, sparsity = curve(step)
 
-        def recompute(operands):
-            p, _, t, s = operands
+        def recompute(operands: tuple, masks: list[Array]) -> tuple[list[Array], list[Array]]:
+            del masks  # ranked from the weights alone
+            p, t, s = operands
             out_m, out_t = [], []
             for x, thr, i in zip(p, t, idx):
                 leaf = per_leaf[i]
@@ -577,30 +573,24 @@ def pruning_from_config(
                 )
                 out_m.append(m)
                 out_t.append(new_t)
-            return (packed_lib.pack_pruned(out_m) if packed else out_m), out_t
-
-        def keep(operands):
-            _, m, t, _ = operands
-            return list(m), list(t)
+            return out_m, out_t
 
         if idx:
             operands = (
                 [jnp.asarray(p_leaves[i]) for i in idx],
-                [m_leaves[i] for i in idx],
                 [t_leaves[i] for i in idx],
                 sparsity,
             )
-            new_m, new_t = lax.cond(fire, recompute, keep, operands)
-            for j, i in enumerate(idx):
-                m_leaves[i], t_leaves[i] = new_m[j], new_t[j]
+            turns = [link_core.Turn(idx, fire, recompute, operands)]
+            m_leaves, t_leaves = link_core.run_turns(turns, m_leaves, t_leaves, packed=packed)
 
-        out = zero_pruned(u_leaves, p_leaves, [packed_lib.as_bool(m) for m in m_leaves], idx)
+        out = link_core.zeroed_updates(u_leaves, p_leaves, m_leaves, idx)
         new_state = LegacyPruningState(
             count=optax.safe_int32_increment(state.count),
             last_update_step=jnp.where(fire, step, state.last_update_step),
-            masks=jax.tree_util.tree_unflatten(masks_def, m_leaves),
-            thresholds=jax.tree_util.tree_unflatten(treedef, t_leaves),
+            masks=link_core.unflatten(masks_def, m_leaves),
+            thresholds=link_core.unflatten(treedef, t_leaves),
         )
-        return jax.tree_util.tree_unflatten(treedef, out), new_state
+        return link_core.unflatten(treedef, out), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

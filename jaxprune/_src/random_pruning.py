@@ -10,9 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax import lax
 
 from jaxprune._src import leaf_rules as spec
+from jaxprune._src import link_core
 from jaxprune._src import masks as masks_lib
 from jaxprune._src import packed as packed_lib
 from jaxprune._src import radix_select as selection
@@ -188,55 +188,40 @@ def random_pruning(
             masks=packed_lib.stored_masks(params, masks_lib.masks_like(params, chosen), packed),
         )
 
+    def recompute_group(idx: list[int], shapes: list[tuple[int, ...]]) -> Any:
+        def recompute(sparsity: Array, masks: list[Array]) -> tuple[list[Array], None]:
+            got = [
+                nested_random_mask(random_scores(root_key, i, shape), m, sparsity)
+                for i, shape, m in zip(idx, shapes, masks)
+            ]
+            return got, None
+
+        return recompute
+
     def update_fn(
         updates: Any, state: RandomPruningState, params: Any = None, **extra_args: Any
     ) -> tuple[Any, RandomPruningState]:
         del extra_args
-        if params is None:
-            raise ValueError(
-                "random_pruning needs the current params: call tx.update(updates, state, params)"
-            )
+        link_core.needs_params(params, "random_pruning")
         p_leaves, treedef, chosen, scheds = plan(params)
         u_leaves = treedef.flatten_up_to(updates)
         m_leaves, masks_def = packed_lib.read_masks(state.masks, treedef, packed)
 
         # Leaves that share a schedule are updated together under one lax.cond.
-        groups: dict[int, list[int]] = {}
-        order: list[Any] = []
-        for i, (on, sch) in enumerate(zip(chosen, scheds)):
-            if on:
-                if id(sch) not in groups:
-                    order.append(sch)
-                groups.setdefault(id(sch), []).append(i)
-
-        for sch in order:
-            idx = groups[id(sch)]
+        turns = []
+        for sch, idx in link_core.groups_by_schedule(chosen, scheds):
             should_prune, sparsity = sch(state.count)
             shapes = [tuple(jnp.shape(p_leaves[i])) for i in idx]
-
-            def recompute(operands, idx=idx, shapes=shapes):
-                masks, s = operands
-                got = [
-                    nested_random_mask(random_scores(root_key, i, shape), packed_lib.as_bool(m), s)
-                    for i, shape, m in zip(idx, shapes, masks)
-                ]
-                return packed_lib.pack_pruned(got) if packed else got
-
-            def keep(operands):
-                return list(operands[0])
-
-            new_m = lax.cond(should_prune, recompute, keep, ([m_leaves[i] for i in idx], sparsity))
-            for j, i in enumerate(idx):
-                m_leaves[i] = new_m[j]
+            turns.append(link_core.Turn(idx, should_prune, recompute_group(idx, shapes), sparsity))
+        m_leaves, _ = link_core.run_turns(turns, m_leaves, None, packed=packed)
 
         pruned = [i for i, on in enumerate(chosen) if on]
-        bool_masks = [packed_lib.as_bool(m) for m in m_leaves]
-        out = transform_lib.zero_pruned(u_leaves, p_leaves, bool_masks, pruned)
+        out = link_core.zeroed_updates(u_leaves, p_leaves, m_leaves, pruned)
         new_state = RandomPruningState(
             count=optax.safe_int32_increment(state.count),
-            masks=jax.tree_util.tree_unflatten(masks_def, m_leaves),
+            masks=link_core.unflatten(masks_def, m_leaves),
         )
-        return jax.tree_util.tree_unflatten(treedef, out), new_state
+        return link_core.unflatten(treedef, out), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

@@ -66,7 +66,8 @@ from jaxprune._src import radix_select as selection
 from jaxprune._src import summaries as summaries_lib
 from jaxprune._src import trees
 from jaxprune._src.base import Array, ArrayLike, LeafRule, Masks, Params, is_float_array
-from jaxprune._src.transform import register_pruning_state, zero_pruned
+from jaxprune._src.link_core import zero_pruned
+from jaxprune._src.transform import register_pruning_state
 
 
 class SparseState(NamedTuple):

@@ -9,9 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax import lax
 
-from jaxprune._src import leaf_rules, radix_select
+from jaxprune._src import leaf_rules, link_core, radix_select
 from jaxprune._src import masks as masks_lib
 from jaxprune._src import packed as packed_lib
 from jaxprune._src.base import Array, ArrayLike, LeafRule, Masks, is_float_array
@@ -82,23 +81,6 @@ def register_pruning_state(cls: type) -> type:
 def initial_thresholds(leaves: list[Any]) -> list[Array]:
     """A zero threshold per leaf, in the leaf's float dtype (float32 for other leaves)."""
     return [jnp.zeros((), x.dtype if is_float_array(x) else jnp.float32) for x in leaves]
-
-
-def zero_pruned(
-    u_leaves: list[Any], p_leaves: list[Any], m_leaves: list[Any], pruned: list[int]
-) -> list[Any]:
-    """Updates after which the pruned entries of the leaves ``pruned`` are exactly ``0.0``.
-
-    ``u`` where the mask keeps an entry, ``-w`` where it prunes it: ``w + (-w)`` is exactly
-    ``+0.0`` for every finite ``w``, so ``optax.apply_updates`` leaves pruned weights at zero.
-    """
-    out = list(u_leaves)
-    for i in pruned:
-        u, p = jnp.asarray(u_leaves[i]), jnp.asarray(p_leaves[i])
-        # In the wider of the two dtypes, as apply_updates adds them: -w must stay exact.
-        dtype = jnp.result_type(u, p)
-        out[i] = jnp.where(m_leaves[i], u.astype(dtype), -p.astype(dtype))
-    return out
 
 
 class _ScaledSchedule(PruningSchedule):
@@ -428,100 +410,87 @@ def magnitude_pruning(
             skipped_turns=jnp.zeros((), jnp.int32),
         )
 
+    def recompute_group(idx: list[int], scheds: list[Any], structs: list[Any], axes: list[Any]):
+        """A turn's masks and thresholds for the leaves ``idx`` (operands ``(p, u, s)``)."""
+        shared = [j for j, i in enumerate(idx) if together(scheds[i], structs[i])]
+
+        def recompute(operands: tuple, masks: list[Array]) -> tuple[list[Any], list[Any]]:
+            del masks  # ranked from the weights alone
+            p, u, s = operands
+            # With u, the weights this step produces, p + u, computed as optax.apply_updates
+            # does (chunk by chunk, never stored whole).
+            u = [None] * len(p) if u is None else u
+            new_m: list[Any] = [None] * len(p)
+            thrs: list[Any] = [None] * len(p)
+            if shared:
+                got, thr = masks_lib.global_threshold(
+                    [p[j] for j in shared], s, [u[j] for j in shared]
+                )
+                for j, m in zip(shared, got):
+                    new_m[j], thrs[j] = m, thr.astype(p[j].dtype)
+            # Unstructured leaves ranked on their own share one batched selection: the program
+            # does not grow by a selection per leaf.
+            alone = [j for j, i in enumerate(idx) if new_m[j] is None and structs[i] is None]
+            if len(alone) > 1 or any(axes[idx[j]] is not None for j in alone):
+                got = masks_lib.layer_thresholds(
+                    [p[j] for j in alone],
+                    s,
+                    [u[j] for j in alone],
+                    axes=[axes[idx[j]] for j in alone],
+                )
+                for j, m, t in zip(alone, *got):
+                    new_m[j], thrs[j] = m, t
+            for j, i in enumerate(idx):
+                if new_m[j] is not None:
+                    continue
+                if structs[i] is None:
+                    new_m[j], thrs[j] = masks_lib.magnitude_threshold(p[j], s, u[j])
+                    continue
+                x = p[j] if u[j] is None else radix_select.added(p[j], u[j])
+                m, t = _per_slice(structs[i], axes[i])(x, s)
+                new_m[j], thrs[j] = m.astype(bool), jnp.asarray(t).astype(p[j].dtype)
+            return new_m, thrs
+
+        return recompute
+
     def update_fn(
         updates: Any, state: MagnitudePruningState, params: Any = None, **extra_args: Any
     ) -> tuple[Any, MagnitudePruningState]:
         del extra_args
-        if params is None:
-            raise ValueError(
-                "magnitude_pruning needs the current params: call tx.update(updates, state, params)"
-            )
+        link_core.needs_params(params, "magnitude_pruning")
         p_leaves, treedef, chosen, scheds, structs, axes = plan(params)
         u_leaves = treedef.flatten_up_to(updates)
         m_leaves, masks_def = packed_lib.read_masks(state.masks, treedef, packed)
-        t_leaves = treedef.flatten_up_to(state.thresholds)
 
         # Leaves that share a schedule (and, with global scope, a threshold) are updated
         # together under one lax.cond.
-        groups: dict[int, list[int]] = {}
-        order: list[Any] = []
-        for i, (on, sch) in enumerate(zip(chosen, scheds)):
-            if on:
-                if id(sch) not in groups:
-                    order.append(sch)
-                groups.setdefault(id(sch), []).append(i)
-
+        turns = []
         skipped = jnp.zeros((), bool)
-        for sch in order:
-            idx = groups[id(sch)]
+        for sch, idx in link_core.groups_by_schedule(chosen, scheds):
             should_prune, sparsity = sch(state.count)
             should_prune, skip = skip_nan_turn(should_prune, sparsity)
             skipped = skipped | skip
-            shared = [j for j, i in enumerate(idx) if together(sch, structs[i])]
-
-            def recompute(operands, idx=idx, together=shared):
-                p, u, _, _, s = operands
-                # With u, the weights this step produces, p + u, computed as
-                # optax.apply_updates does (chunk by chunk, never stored whole).
-                u = [None] * len(p) if u is None else u
-                masks: list[Any] = [None] * len(p)
-                thrs: list[Any] = [None] * len(p)
-                if together:
-                    shared, thr = masks_lib.global_threshold(
-                        [p[j] for j in together], s, [u[j] for j in together]
-                    )
-                    for j, m in zip(together, shared):
-                        masks[j], thrs[j] = m, thr.astype(p[j].dtype)
-                # Unstructured leaves ranked on their own share one batched selection: the
-                # program does not grow by a selection per leaf.
-                alone = [j for j, i in enumerate(idx) if masks[j] is None and structs[i] is None]
-                if len(alone) > 1 or any(axes[idx[j]] is not None for j in alone):
-                    got = masks_lib.layer_thresholds(
-                        [p[j] for j in alone],
-                        s,
-                        [u[j] for j in alone],
-                        axes=[axes[idx[j]] for j in alone],
-                    )
-                    for j, m, t in zip(alone, *got):
-                        masks[j], thrs[j] = m, t
-                for j, i in enumerate(idx):
-                    if masks[j] is not None:
-                        continue
-                    if structs[i] is None:
-                        masks[j], thrs[j] = masks_lib.magnitude_threshold(p[j], s, u[j])
-                        continue
-                    x = p[j] if u[j] is None else radix_select.added(p[j], u[j])
-                    m, t = _per_slice(structs[i], axes[i])(x, s)
-                    masks[j], thrs[j] = m.astype(bool), jnp.asarray(t).astype(p[j].dtype)
-                if packed:
-                    masks = packed_lib.pack_pruned(masks)
-                return masks, thrs
-
-            def keep(operands):
-                _, _, m, t, _ = operands
-                return list(m), list(t)
-
             operands = (
                 [p_leaves[i] for i in idx],
                 [u_leaves[i] for i in idx] if recompute_from == "updated" else None,
-                [m_leaves[i] for i in idx],
-                [t_leaves[i] for i in idx],
                 sparsity,
             )
-            new_m, new_t = lax.cond(should_prune, recompute, keep, operands)
-            for j, i in enumerate(idx):
-                m_leaves[i], t_leaves[i] = new_m[j], new_t[j]
-
+            turns.append(
+                link_core.Turn(
+                    idx, should_prune, recompute_group(idx, scheds, structs, axes), operands
+                )
+            )
+        m_leaves, t_leaves = link_core.run_turns(
+            turns, m_leaves, treedef.flatten_up_to(state.thresholds), packed=packed
+        )
         pruned = [i for i, on in enumerate(chosen) if on]
-        # Packed masks are unpacked where they are used: XLA fuses the bit extraction into the
-        # update.
-        out = zero_pruned(u_leaves, p_leaves, [packed_lib.as_bool(m) for m in m_leaves], pruned)
+        out = link_core.zeroed_updates(u_leaves, p_leaves, m_leaves, pruned)
         new_state = MagnitudePruningState(
             count=optax.safe_int32_increment(state.count),
-            masks=jax.tree_util.tree_unflatten(masks_def, m_leaves),
-            thresholds=jax.tree_util.tree_unflatten(treedef, t_leaves),
+            masks=link_core.unflatten(masks_def, m_leaves),
+            thresholds=link_core.unflatten(treedef, t_leaves),
             skipped_turns=jnp.asarray(state.skipped_turns, jnp.int32) + skipped.astype(jnp.int32),
         )
-        return jax.tree_util.tree_unflatten(treedef, out), new_state
+        return link_core.unflatten(treedef, out), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
