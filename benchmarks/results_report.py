@@ -469,7 +469,8 @@ METHOD_NOTES = [
     "(`jp.masked_params` for the straight-through and movement algorithms); FLOPs = "
     "`jp.count_flops` of one image's forward pass with the masks of those zeros "
     "(`weight_masks=`); time ÷ dense = training time of the row (compilation excluded, all "
-    "seeds together) ÷ the dense row's, on a shared, loaded machine (ratios are noisy). "
+    "seeds together) ÷ the dense row's, on a 2-core machine that other jobs may share "
+    "(ratios are noisy). "
     "Marks (✗) flag where the targets below are missed: gradual magnitude within 1 point of "
     "dense at 80% and within 2 at 90%; magnitude ≥ RigL ≥ SET ≥ static at the same sparsity "
     "(a ≥ b when a's mean is not below b's by more than the sum of their standard "
@@ -523,14 +524,14 @@ METHOD_NOTES = [
     "training steps of fine-tuning of the small model itself (the seeds vmapped). Sparsity is "
     "the share of the dense kernels' weights removed; FLOPs are `jp.count_flops` of the "
     "compacted model; parameters and latency are in the table under each model's. The "
-    "CNN's latency falls much less than its FLOPs (0.79× against 0.32×) because about half "
+    "CNN's latency falls much less than its FLOPs (0.78× against 0.33×) because about half "
     "of its time does no FLOPs: `benchmarks/compaction_latency.py` (batch 128, 2-core CPU) "
     "times the first convolution's unfolding of the padded 1-channel image into 25 shifted "
     "copies at 7.9 of the dense model's 17.0 ms, the same in the compacted model (the input "
     "channel cannot be pruned), while the stages that hold the FLOPs shrink with them "
     "(second convolution 0.52×, dense layers 0.29×); the fixed cost of a call, 0.3 ms, is "
-    "2% of it. The MLP follows its FLOPs there (0.51–0.54× from batch 32 on; its row's 0.79× "
-    "was timed at a load of about 10). Details in benchmarks/README.md.",
+    "2% of it. The MLP follows its FLOPs there (0.51–0.54× from batch 32 on; its row: "
+    "0.56×). Details in benchmarks/README.md.",
     "",
     "Runs:",
     "",
