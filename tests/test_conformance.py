@@ -293,26 +293,7 @@ class NNXModel(nnx.Module):
         return self.d1(jnp.tanh(self.d0(x)))
 
 
-# Known limitation: jp.sparse's packed masks under nnx.Optimizer (the optimizer wraps the words
-# in Variables and jp.masked_params no longer matches them to the params; see
-# docs/checkpoints.md). The chain links' packed masks work there.
-NNX_PACKED_BROKEN = ("rigl_packed", "magnitude_ste_packed")
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            n,
-            marks=pytest.mark.xfail(
-                strict=True, reason="jp.sparse packed masks under nnx.Optimizer"
-            ),
-        )
-        if n in NNX_PACKED_BROKEN
-        else n
-        for n in NAMES
-    ],
-)
+@pytest.mark.parametrize("name", NAMES)
 def test_nnx_optimizer(name):
     tx, _, (params, _), trajectory = case(name)
     st = FACTORIES[name][1]

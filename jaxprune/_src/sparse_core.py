@@ -241,15 +241,13 @@ def sparse(
     packed = packed_lib.check_mask_dtype(mask_dtype)
     alg = algorithm
 
-    def pack_masks(masks: Any) -> Any:
-        return jax.tree.map(
-            lambda m: packed_lib.PackedMask.from_bool(m) if _is_pruned(m) else m, masks
-        )
-
     def init_fn(params: Params) -> SparseState:
         astate = alg.init(params)
         if packed:
-            astate = astate._replace(masks=pack_masks(astate.masks))
+            # Stored without flax.nnx wrappers around the words (see packed.stored_masks):
+            # nnx.Optimizer would give a wrapped PackedMask back as a plain mapping.
+            flat = jax.tree_util.tree_structure(params).flatten_up_to(astate.masks)
+            astate = astate._replace(masks=packed_lib.stored_masks(params, flat, True))
         return SparseState(inner=inner_tx.init(params), algorithm=astate)
 
     def update_fn(
@@ -266,8 +264,9 @@ def sparse(
         if packed:
             # The algorithm works on bool masks; the state keeps the words (and a step that
             # keeps its masks passes the words on, an eighth of the bytes of bool masks).
-            words = treedef.flatten_up_to(astate.masks)
-            astate = astate._replace(masks=packed_lib.unpack_tree(astate.masks))
+            words, masks_def = packed_lib.read_masks(astate.masks, treedef, True)
+            bools = [packed_lib.as_bool(m) for m in words]
+            astate = astate._replace(masks=jax.tree_util.tree_unflatten(treedef, bools))
         if alg.observe is not None:
             astate = alg.observe(astate, p_leaves, g_leaves)
         m_leaves = treedef.flatten_up_to(astate.masks)
@@ -352,10 +351,13 @@ def sparse(
                     both[i] = new_m[i] & m_leaves[i]
             out = zero_pruned(u_leaves, p_leaves, both, pruned)
 
-        kept = words if packed else new_m
         new_astate = astate._replace(
             count=optax.safe_int32_increment(astate.count),
-            masks=jax.tree_util.tree_unflatten(treedef, kept),
+            masks=(
+                jax.tree_util.tree_unflatten(masks_def, words)
+                if packed
+                else jax.tree_util.tree_unflatten(treedef, new_m)
+            ),
         )
         return jax.tree_util.tree_unflatten(treedef, out), SparseState(inner, new_astate)
 
