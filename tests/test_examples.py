@@ -77,3 +77,28 @@ def test_compact_cnn_gives_a_smaller_model_with_the_same_outputs(capsys):
     assert set(ratios) == {"parameters", "FLOPs"}, stdout
     # Half the channels of every group go: each pruned kernel keeps about a quarter.
     assert ratios["parameters"] < 0.4 and ratios["FLOPs"] < 0.4, ratios
+
+
+def test_compact_transformer_removes_half_the_heads_and_units(capsys):
+    compact_transformer = _load("compact_transformer")
+    assert compact_transformer.main(["--quick"]) == 0
+    stdout = capsys.readouterr().out
+    assert "compacted outputs equal the masked model's: True" in stdout
+    assert "block0 keeps 2 of 4 heads, 128 of 256 MLP units" in stdout
+    # The residual stream is reported, with the reason, not silently left out.
+    assert re.search(r"not prunable, \d+ axes \(reduced over by reduce_sum", stdout), stdout
+    ratios = {
+        name: float(ratio)
+        for name, ratio in re.findall(r"^(parameters|FLOPs) .*?(\d+\.\d\d)$", stdout, re.M)
+    }
+    assert set(ratios) == {"parameters", "FLOPs"}, stdout
+    # Half the heads and units of each block: about half the parameters and the FLOPs (the
+    # embedding, the norms and the classifier stay).
+    assert 0.45 < ratios["parameters"] < 0.6 and 0.45 < ratios["FLOPs"] < 0.6, ratios
+
+
+def test_compact_transformer_rejects_a_bad_sparsity(capsys):
+    compact_transformer = _load("compact_transformer")
+    with pytest.raises(SystemExit):
+        compact_transformer.main(["--quick", "--sparsity", "1.0"])
+    assert "--sparsity must be in [0, 1)" in capsys.readouterr().err
