@@ -13,6 +13,13 @@ a reduction sums or a softmax normalises over, window axes of convolutions and
 pools, slices, gathers, and every axis of an equation the analysis does not
 follow.
 
+A ``scan`` (stacked layers) is followed into its body: the body's values are
+tied to the outer ones, so every iteration keeps the same channels. A carry is
+one index space with the initial value, the body's carry input and output, and
+the final carry; a per-iteration slice of a stacked operand has that operand's
+axes less the leading one, which the loop iterates over and which is blocked
+(layers are not channels).
+
 A *layout* says where channel ``c`` of a class sits inside an axis of another
 class: ``(offset, stride, loops)`` gives the positions
 ``offset + c * stride + sum_k o_k * step_k`` for ``o_k < count_k`` over
@@ -30,7 +37,7 @@ import numpy as np
 from jax.extend.core import Literal
 
 from jaxprune._src import flops_rules
-from jaxprune._src.graph.trace import Program
+from jaxprune._src.graph.trace import Program, walk
 from jaxprune._src.kept_channels import reshape_groups
 
 Layout = tuple[int, int, tuple[tuple[int, int], ...]]
@@ -60,6 +67,9 @@ CONSTANT = "a constant captured by the function reads it"
 TWO_ACTIVATIONS = (
     "contracted between two activations by {name}; only a contraction with a weight keeps a "
     "pruned channel's value out of the result"
+)
+LAYER_AXIS = (
+    "the axis a scan iterates over (stacked layers or time steps), which is not a channel axis"
 )
 
 
@@ -104,7 +114,13 @@ class Analysis:
         self.composites: list[tuple[tuple[int, int], list[tuple[tuple[int, int], Layout]]]] = []
         self.params = {v: i for i, v in enumerate(prog.inputs[:n_params])}
         self.produced: set[tuple[int, int]] = set()
-        self.producer = {o: node for node in prog.nodes for o in node.outs}
+        self.producer = {o: node for node in walk(prog.nodes) for o in node.outs}
+        # A loop body's input that is a const or a per-iteration slice of an outer
+        # operand: body value -> (outer value, how many leading axes the slice drops).
+        self.alias: dict[int, tuple[Any, int]] = {}
+        for node in walk(prog.nodes):
+            if node.name == "scan":
+                self._scan_alias(node)
         self._weighty: dict[int, bool] = {}
         for node in prog.nodes:
             self._rule(node)
@@ -154,21 +170,32 @@ class Analysis:
             self.union(a, b)
 
     def weighty(self, v) -> bool:
-        """Whether ``v`` is a parameter leaf, possibly reshaped, transposed or converted."""
+        """Whether ``v`` is a parameter leaf, possibly reshaped, transposed or converted,
+        or a scan's per-iteration slice of (or const read of) one."""
         if isinstance(v, Literal):
             return False
         out = self._weighty.get(v)
         if out is None:
             node = self.producer.get(v)
-            out = v in self.params or (
-                node is not None and node.name in WEIGHT_PATH and self.weighty(node.ins[0])
-            )
+            if v in self.alias:
+                out = self.weighty(self.alias[v][0])
+            else:
+                out = v in self.params or (
+                    node is not None and node.name in WEIGHT_PATH and self.weighty(node.ins[0])
+                )
             self._weighty[v] = out
         return out
 
     def _param_axis(self, v, axis):
-        """The parameter axis that ``(v, axis)`` is, through transposes and conversions."""
+        """The parameter axis that ``(v, axis)`` is, through transposes, conversions and
+        scan slices."""
         while v not in self.params:
+            if v in self.alias:
+                v, shift = self.alias[v]
+                if isinstance(v, Literal):
+                    return None
+                axis += shift
+                continue
             node = self.producer.get(v)
             if node is None or node.name not in ("convert_element_type", "copy", "transpose"):
                 return None
@@ -176,6 +203,15 @@ class Analysis:
                 axis = node.eqn.params["permutation"][axis]
             v = node.ins[0]
         return (v, axis)
+
+    def _scan_alias(self, node):
+        nc, ncar = node.eqn.params["num_consts"], node.eqn.params["num_carry"]
+        body = node.body
+        for j, (inner, outer) in enumerate(zip(body.ins, node.ins, strict=True)):
+            if j < nc:
+                self.alias[inner] = (outer, 0)
+            elif j >= nc + ncar:
+                self.alias[inner] = (outer, 1)
 
     # -- rules ------------------------------------------------------------
 
@@ -229,9 +265,46 @@ class Analysis:
             name in POOLS
         ):
             self._positional(node)
+        elif name == "scan" and node.body is not None:
+            self._scan(node)
         else:
             for v in list(ins) + list(outs):
                 self._block_value(v, f"read by {name!r}, which the analysis does not follow")
+
+    def _scan(self, node):
+        """Ties a scan's body to its operands and results (see the module docstring)."""
+        body = node.body
+        for inner in body.nodes:
+            self._rule(inner)
+        nc, ncar = node.eqn.params["num_consts"], node.eqn.params["num_carry"]
+        # Consts: the same value in every iteration.
+        for inner, outer in zip(body.ins[:nc], node.ins[:nc], strict=True):
+            for a in range(len(self.shape(outer))):
+                self._tie((inner, a), (outer, a))
+        # Carry: one index space from the initial value to the final one.
+        carries = zip(
+            node.ins[nc : nc + ncar],
+            body.ins[nc : nc + ncar],
+            body.outs[:ncar],
+            node.outs[:ncar],
+            strict=True,
+        )
+        for init, b_in, b_out, final in carries:
+            for a in range(len(self.shape(final))):
+                self._tie((init, a), (final, a))
+                self._tie((b_in, a), (final, a))
+                self._tie((b_out, a), (final, a))
+        # Stacked operands and results: the body sees axis a + 1 as its axis a.
+        stacked = list(zip(node.ins[nc + ncar :], body.ins[nc + ncar :], strict=True))
+        stacked += [
+            (outer, inner)
+            for outer, inner in zip(node.outs[ncar:], body.outs[ncar:], strict=True)
+            if inner is not None
+        ]
+        for outer, inner in stacked:
+            self._block(outer, 0, LAYER_AXIS)
+            for a in range(len(self.shape(inner))):
+                self._tie((inner, a), (outer, a + 1))
 
     def _reshape(self, node):
         src_v, dst_v = node.ins[0], node.outs[0]
@@ -442,7 +515,7 @@ class Analysis:
             if v not in self.params:
                 for a in range(len(self.shape(v))):
                     self.carried.add(self.find((v, a)))
-        for node in self.prog.nodes:
+        for node in walk(self.prog.nodes):
             for o in node.outs:
                 for a in range(len(self.shape(o))):
                     self.carried.add(self.find((o, a)))

@@ -19,6 +19,11 @@ dense parameter shapes and the new inputs, once per input shape.
 Custom derivative rules (``custom_jvp``/``custom_vjp``) and ``remat`` inside
 ``fn`` are evaluated through their primal computation: gradients of the small
 function come from differentiating that computation.
+
+A ``scan`` (stacked layers) is run again with :func:`jax.lax.scan` (same
+``length``, ``reverse`` and ``unroll``) over a body that evaluates the traced
+body's equations on the sliced per-iteration arrays, with the same shape
+rewriting; nested scans recurse.
 """
 
 from __future__ import annotations
@@ -178,25 +183,61 @@ class _Plan:
         prog = self.prog
         env: dict[int, Any] = dict(prog.consts)
         env.update(zip(prog.inputs, flat_inputs, strict=True))
-        for node in prog.nodes:
+        self._run(prog.nodes, env)
+        return [v.val if isinstance(v, Literal) else env[v] for v in prog.outputs]
+
+    def _run(self, nodes, env: dict[int, Any]) -> None:
+        """Evaluates ``nodes`` in order, reading operands from and writing results to ``env``."""
+        prog = self.prog
+        for node in nodes:
             vals = [v.val if isinstance(v, Literal) else env[v] for v in node.ins]
-            changed = any(
-                self.shape(v) != prog.shapes[v]
-                for v in list(node.ins) + list(node.outs)
-                if not isinstance(v, Literal)
-            )
-            params = self._rewrite(node) if changed else node.eqn.params
-            res = node.eqn.primitive.bind(*vals, **params)
-            if not node.eqn.primitive.multiple_results:
-                res = [res]
+            if node.body is not None:
+                res = self._scan(node, vals)
+            else:
+                changed = any(
+                    self.shape(v) != prog.shapes[v]
+                    for v in list(node.ins) + list(node.outs)
+                    if not isinstance(v, Literal)
+                )
+                params = self._rewrite(node) if changed else node.eqn.params
+                res = node.eqn.primitive.bind(*vals, **params)
+                if not node.eqn.primitive.multiple_results:
+                    res = [res]
             for o, r in zip(node.outs, res, strict=True):
+                if r is None:
+                    continue
                 if tuple(r.shape) != self.shape(o):
                     raise RuntimeError(
                         f"compaction: {node.name} produced shape {tuple(r.shape)}, "
                         f"expected {self.shape(o)}."
                     )
                 env[o] = r
-        return [v.val if isinstance(v, Literal) else env[v] for v in prog.outputs]
+
+    def _scan(self, node, vals: list[Any]) -> list[Any]:
+        """Runs a scan equation on (possibly sliced) operands with :func:`jax.lax.scan`."""
+        p = node.eqn.params
+        body = node.body
+        nc, ncar = p["num_consts"], p["num_carry"]
+        consts, init, xs = vals[:nc], vals[nc : nc + ncar], vals[nc + ncar :]
+
+        def step(carry, x):
+            # The body reads only its own inputs and the program's constants.
+            env: dict[int, Any] = dict(self.prog.consts)
+            env.update(zip(body.ins, [*consts, *carry, *x], strict=True))
+            self._run(body.nodes, env)
+            outs = [
+                jnp.asarray(v.val, v.aval.dtype) if isinstance(v, Literal) else env[v]
+                for v in body.outs
+                if v is not None
+            ]
+            return outs[:ncar], outs[ncar:]
+
+        carry, ys = jax.lax.scan(
+            step, list(init), list(xs), length=p["length"], reverse=p["reverse"], unroll=p["unroll"]
+        )
+        # Results that nothing reads (body.outs is None there) were not computed.
+        ys = iter(ys)
+        return [*carry, *(None if v is None else next(ys) for v in body.outs[ncar:])]
 
 
 def _avals(tree):
