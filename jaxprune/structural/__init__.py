@@ -15,6 +15,7 @@ masked model that the compacted one reproduces; ``docs/structural.md``).
 from jaxprune._src.graph.budget import group_masks_for_flops
 from jaxprune._src.graph.compact import compact
 from jaxprune._src.graph.compact import group_weight_masks
+from jaxprune._src.graph.linen_rebuild import compact_linen
 from jaxprune._src.graph.rebuild import compact_equinox
 from jaxprune._src.graph.rebuild import compact_nnx
 from jaxprune._src.graph.rebuild import equinox_function
@@ -32,6 +33,7 @@ __all__ = [
     "Group",
     "compact",
     "compact_equinox",
+    "compact_linen",
     "compact_nnx",
     "dependency_groups",
     "equinox_function",
