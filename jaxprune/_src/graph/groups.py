@@ -182,7 +182,9 @@ def dependency_groups(fn: Callable[..., Any], params: Any, *example_args: Any) -
     """Finds the groups of parameter axes that must be pruned together.
 
     ``fn(params, *example_args)`` is traced once with ``jax.make_jaxpr`` (calls
-    through ``jit``, ``custom_jvp``/``custom_vjp`` and ``remat`` are followed).
+    through ``jit``, ``custom_jvp``/``custom_vjp`` and ``remat`` are followed, and
+    so are ``lax.scan`` bodies: the layers of a stacked parameter share its groups,
+    and its leading layer axis is blocked).
     Every axis of every value is mapped to a channel index space, and spaces
     that must agree are joined: a dense or convolution kernel's output axis with
     the bias added to it, the element-wise ops after it, a norm's scale, offset
