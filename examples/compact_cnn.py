@@ -5,15 +5,18 @@
    that indexes the same channels (a convolution's output channels, its bias, the batch norm's
    scale, offset and running statistics, the next convolution's input channels; residual adds
    tie the groups they join).
-3. Score every channel by the L2 norm of its weights over all members of its group, and keep
-   the best 50% of the channels of every group.
+3. Score every channel by the L2 norm of its weights over all members of its group (or, with
+   ``--criterion fisher``, by its Fisher signal from per-example gradients of 256 training
+   examples, ``jax.vmap`` of ``jax.grad``), and keep the best 50% of the channels of every
+   group.
 4. Compact: slice the pruned channels out of every member. The small function computes the
    same outputs as the dense model with those channels zeroed, on smaller arrays.
 5. Fine-tune the small model for a few steps (it is an ordinary differentiable JAX function).
 
 Run it with::
 
-    python examples/compact_cnn.py [--steps 600] [--sparsity 0.5] [--seed 0] [--quick]
+    python examples/compact_cnn.py [--steps 600] [--sparsity 0.5] [--criterion l2|fisher]
+                                   [--seed 0] [--quick]
 
 It prints parameters, FLOPs and latency before and after, and the test accuracies, and exits
 with status 1 if the small model's outputs differ from the masked model's.
@@ -131,10 +134,24 @@ def fine_tune(small_fn, small, x, y, steps, seed):
     return {"params": params, "batch_stats": small["batch_stats"]}
 
 
+def fisher_scores(fn, variables, groups, x, y):
+    """Group Fisher scores from per-example gradients (``jax.vmap`` of ``jax.grad``)."""
+
+    def loss(v, xi, yi):  # one example, running statistics as in evaluation
+        logits = fn(v, xi[None])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, yi[None]).sum()
+
+    grads = jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0, 0)))(variables, x, y)
+    return jp.group_scores(
+        variables, groups, criterion="fisher", grads=grads, exclude="batch_stats"
+    )
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--sparsity", type=float, default=0.5)
+    ap.add_argument("--criterion", choices=("l2", "fisher"), default="l2")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="a few steps, for a smoke test")
     args = ap.parse_args(argv)
@@ -156,7 +173,11 @@ def main(argv=None) -> int:
     for b in groups.blocked:
         print(f"  not prunable: {b.path}[axis {b.axis}]: {b.reason}")
 
-    scores = jp.group_scores(variables, groups, exclude="batch_stats")
+    if args.criterion == "fisher":
+        scores = fisher_scores(fn, variables, groups, x_train[:256], y_train[:256])
+    else:
+        scores = jp.group_scores(variables, groups, exclude="batch_stats")
+    print(f"channels ranked by {args.criterion}")
     keep = jp.group_masks(scores, groups, sparsity=args.sparsity)
     small, small_fn = jp.compact(fn, variables, keep, x_test)
 

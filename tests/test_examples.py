@@ -79,6 +79,14 @@ def test_compact_cnn_gives_a_smaller_model_with_the_same_outputs(capsys):
     assert ratios["parameters"] < 0.4 and ratios["FLOPs"] < 0.4, ratios
 
 
+def test_compact_cnn_ranks_channels_by_fisher_signals(capsys):
+    compact_cnn = _load("compact_cnn")
+    assert compact_cnn.main(["--quick", "--criterion", "fisher"]) == 0
+    stdout = capsys.readouterr().out
+    assert "channels ranked by fisher" in stdout
+    assert "compacted outputs equal the masked model's: True" in stdout
+
+
 def test_compact_transformer_removes_half_the_heads_and_units(capsys):
     compact_transformer = _load("compact_transformer")
     assert compact_transformer.main(["--quick"]) == 0

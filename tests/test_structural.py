@@ -556,6 +556,56 @@ def test_taylor_group_scores():
         assert float(got[0][c]) == pytest.approx(abs(float(slope)), rel=1e-4, abs=1e-6)
 
 
+def test_fisher_group_scores_from_per_example_gradients():
+    p = _mlp_params()
+    x = jnp.asarray(_normal((6, 5), seed=4))
+    groups = dependency_groups(mlp, p, x)
+
+    def loss(q, xi):  # one example
+        return jnp.sum(mlp(q, xi[None]) ** 2)
+
+    per_example = jax.vmap(jax.grad(loss), in_axes=(None, 0))(p, x)
+    got = group_scores(p, groups, criterion="fisher", grads=per_example)
+    assert [s.shape for s in got] == [(7,), (6,)]
+    # Against NumPy: half the mean over examples of the squared per-example Taylor sums.
+    w1, b1, w2 = (np.asarray(p[n], np.float64) for n in ("w1", "b1", "w2"))
+    g1, gb1, g2 = (np.asarray(per_example[n], np.float64) for n in ("w1", "b1", "w2"))
+    d = (w1 * g1).sum(1) + b1 * gb1 + (w2 * g2).sum(2)  # (examples, channels)
+    np.testing.assert_allclose(got[0], 0.5 * np.mean(d**2, axis=0), rtol=1e-5, atol=1e-7)
+    # Each d[n, c] is the derivative of example n's loss along scaling channel c's slices in
+    # every member by mu, at mu = 1 (jax.jvp).
+    for c in (0, 3):
+        keep = [np.arange(groups[0].size) != c, np.ones(groups[1].size, bool)]
+        kept = group_weight_masks(p, groups, keep)
+        direction = jax.tree.map(lambda a, m: a - a * m, p, kept)
+        for n in range(x.shape[0]):
+            _, slope = jax.jvp(lambda q, n=n: loss(q, x[n]), (p,), (direction,))
+            assert d[n, c] == pytest.approx(float(slope), rel=1e-4, abs=1e-6)
+    # The Fisher score squares before averaging, the Taylor score after: they differ.
+    taylor = group_scores(
+        p, groups, criterion="taylor", grads=jax.tree.map(lambda g: g.sum(0), per_example)
+    )
+    assert not np.allclose(np.asarray(got[0]), np.asarray(taylor[0]))
+
+
+def test_fisher_needs_per_example_gradients():
+    p = _mlp_params()
+    x = jnp.asarray(_normal((4, 5), seed=3))
+    groups = dependency_groups(mlp, p, x)
+    with pytest.raises(ValueError, match="grads must be given"):
+        group_scores(p, groups, criterion="fisher")
+    # A gradient of the wrong shape behind its example axis.
+    with pytest.raises(ValueError, match=r"needs a gradient for 'b1' of shape \(5, 7\)"):
+        batched = {k: np.stack([v] * 5) for k, v in p.items()}
+        batched["b1"] = np.zeros((5, 3), np.float32)
+        group_scores(p, groups, criterion="fisher", grads=batched)
+    with pytest.raises(ValueError, match="same leading example axis"):
+        ragged = {k: np.stack([v] * (3 if k == "w1" else 2)) for k, v in p.items()}
+        group_scores(p, groups, criterion="fisher", grads=ragged)
+    with pytest.raises(ValueError, match="'l2', 'l1', 'taylor' or 'fisher'"):
+        group_scores(p, groups, criterion="hessian")
+
+
 def test_taylor_needs_grads():
     p = _mlp_params()
     groups = dependency_groups(mlp, p, jnp.ones((2, 5)))

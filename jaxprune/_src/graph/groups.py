@@ -257,18 +257,28 @@ def group_scores(
     Taylor estimate of the change in loss when the channel is removed,
     :math:`\\lvert \\sum_m \\sum W_m[c] \\odot G_m[c] \\rvert` with :math:`G` the gradients
     of the loss (Molchanov et al. 2019, on the whole group): removing the channel
-    moves every member's weights by :math:`-W_m[c]`.
+    moves every member's weights by :math:`-W_m[c]`. With ``"fisher"``, the
+    Fisher estimate of that change (Theis et al. 2018, on the whole group):
+    :math:`\\tfrac{1}{2N} \\sum_n d_{n,c}^2` with
+    :math:`d_{n,c} = \\sum_m \\sum W_m[c] \\odot G_{n,m}[c]` from per-example gradients
+    :math:`G_n` (``jax.vmap`` of ``jax.grad``): :math:`d_{n,c}` is the derivative of
+    example :math:`n`'s loss along scaling all of channel :math:`c`'s slices by a
+    factor :math:`\\mu`, at :math:`\\mu = 1`, which the Taylor score averages before
+    squaring and the Fisher score squares before averaging.
 
     Args:
       params: the parameters the groups were found on.
       groups: the result of :func:`dependency_groups`.
-      criterion: ``"l2"``, ``"l1"`` or ``"taylor"``.
+      criterion: ``"l2"``, ``"l1"``, ``"taylor"`` or ``"fisher"``.
       exclude: a regex searched in member leaf paths; matching members do not
         count (e.g. ``"batch_stats"`` leaves linen's running statistics out:
         they have no gradient).
       grads: for ``"taylor"`` only (required there): the gradients of the loss
         with respect to ``params``, a tree with the same leaf paths (e.g.
         ``jax.grad(loss)(params)``, summed or averaged over a calibration batch).
+        For ``"fisher"`` (required there): per-example gradients, each leaf with a
+        leading example axis (``jax.vmap(jax.grad(loss), in_axes=(None, 0))(params,
+        batch)`` with ``loss`` of one example).
 
     Returns:
       One float32 array of shape ``(group.size,)`` per group.
@@ -286,21 +296,34 @@ def group_scores(
       >>> [s.tolist() for s in group_scores(p, groups)]
       [[5.0, 1.0]]
     """
-    if criterion not in ("l2", "l1", "taylor"):
-        raise ValueError(f"criterion must be 'l2', 'l1' or 'taylor', got {criterion!r}.")
-    if (grads is None) != (criterion != "taylor"):
+    if criterion not in ("l2", "l1", "taylor", "fisher"):
+        raise ValueError(f"criterion must be 'l2', 'l1', 'taylor' or 'fisher', got {criterion!r}.")
+    needs_grads = criterion in ("taylor", "fisher")
+    if (grads is None) == needs_grads:
         raise ValueError(
             "grads must be given with criterion='taylor' (the gradients of the loss with respect "
-            f"to params) and only then; got criterion={criterion!r} and grads "
-            f"{'None' if grads is None else 'given'}."
+            "to params) or 'fisher' (per-example gradients) and only then; got "
+            f"criterion={criterion!r} and grads {'None' if grads is None else 'given'}."
         )
+    per_example = criterion == "fisher"
     _check_groups(groups)
     leaves = _leaves_by_path(params)
     grad_leaves = None if grads is None else _leaves_by_path(grads)
     rx = re.compile(exclude) if exclude is not None else None
     out = []
+    examples = None
+    if per_example:
+        sizes = {np.shape(x)[0] if np.ndim(x) else None for x in grad_leaves.values()}
+        if len(sizes) != 1 or None in sizes or 0 in sizes:
+            raise ValueError(
+                "grads: criterion='fisher' needs per-example gradients, every leaf with the "
+                f"same leading example axis (of at least 1 example); got leading sizes {sizes}."
+            )
+        (examples,) = sizes
+    out = []
     for g in groups:
-        total = jnp.zeros((g.size,), jnp.float32)
+        # With per-example gradients, one row per example (summed over them at the end).
+        total = jnp.zeros((examples, g.size) if per_example else (g.size,), jnp.float32)
         for i, (path, axis) in enumerate(g.members):
             if rx is not None and rx.search(path):
                 continue
@@ -308,24 +331,28 @@ def group_scores(
                 raise ValueError(f"group {g.name!r}: member {path!r} is not a leaf of params.")
             w = jnp.asarray(leaves[path], jnp.float32)
             if grad_leaves is not None:
-                if path not in grad_leaves or np.shape(grad_leaves[path]) != w.shape:
+                want = (examples, *w.shape) if per_example else w.shape
+                if path not in grad_leaves or np.shape(grad_leaves[path]) != want:
                     raise ValueError(
                         f"grads: group {g.name!r} needs a gradient for {path!r} of shape "
-                        f"{w.shape}; exclude= leaves out members without one (e.g. "
+                        f"{want}; exclude= leaves out members without one (e.g. "
                         "'batch_stats')."
                     )
-                w = w * jnp.asarray(grad_leaves[path], jnp.float32)
+                w = (w[None] if per_example else w) * jnp.asarray(grad_leaves[path], jnp.float32)
             elif criterion == "l1":
                 w = jnp.abs(w)
             else:
                 w = jnp.square(w)
-            others = tuple(a for a in range(w.ndim) if a != axis)
+            lead = 1 if per_example else 0
+            others = tuple(a for a in range(lead, w.ndim) if a != axis + lead)
             per_index = jnp.sum(w, axis=others)
-            total = total + jnp.sum(per_index[g.positions(i)], axis=1)
+            total = total + jnp.sum(per_index[..., g.positions(i)], axis=-1)
         if criterion == "l2":
             total = jnp.sqrt(total)
         elif criterion == "taylor":
             total = jnp.abs(total)
+        elif per_example:
+            total = 0.5 * jnp.mean(jnp.square(total), axis=0)
         out.append(total)
     return out
 
