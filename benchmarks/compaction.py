@@ -139,9 +139,7 @@ def measure(name, case, args):
     pd = sum(int(np.size(a)) for a in jax.tree.leaves(variables))
     ps = sum(int(np.size(a)) for a in jax.tree.leaves(small))
     pruned = len(keep) if isinstance(keep, dict) else len(groups)
-    print(
-        f"{name}: {len(groups)} groups, {pruned} pruned to {args.keep:.0%}, input {x.shape}"
-    )
+    print(f"{name}: {len(groups)} groups, {pruned} pruned to {args.keep:.0%}, input {x.shape}")
     print(f"{'':14s}{'dense':>14s}{'compacted':>14s}{'ratio':>8s}")
     print(f"{'parameters':14s}{pd:>14,d}{ps:>14,d}{ps / pd:>8.3f}")
     print(f"{'FLOPs':14s}{fd:>14,d}{fs:>14,d}{fs / fd:>8.3f}")
