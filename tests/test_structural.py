@@ -500,8 +500,22 @@ def test_softmax_gather_and_grouped_conv_are_reported():
 
     p = {"table": jnp.ones((10, 4)), "w1": jnp.ones((4, 5)), "w2": jnp.ones((5, 2))}
     gs = dependency_groups(embed, p, jnp.array([1, 2]))
-    assert [g.name for g in gs] == ["w1:1"]
-    assert any(b.path == "table" and "gather" in b.reason for b in gs.blocked)
+    # An embedding lookup takes whole rows: the table's feature axis is a group with the layer
+    # that reads it; the vocabulary axis, which the gather indexes, is reported.
+    assert [(g.name, g.members) for g in gs] == [
+        ("table:1", (("table", 1), ("w1", 0))),
+        ("w1:1", (("w1", 1), ("w2", 0))),
+    ]
+    assert {(b.path, b.axis) for b in gs.blocked if "gather" in b.reason} == {("table", 0)}
+
+    def pick_channels(p, x):  # a gather along the channel axis
+        h = jnp.tanh(x @ p["w1"])
+        return h[:, jnp.array([0, 2, 4])] @ p["w2"]
+
+    p = {"w1": jnp.ones((4, 5)), "w2": jnp.ones((3, 2))}
+    gs = dependency_groups(pick_channels, p, jnp.ones((2, 4)))
+    assert len(gs) == 0
+    assert any(b.path == "w1" and b.axis == 1 and "gather" in b.reason for b in gs.blocked)
 
     class Grouped(nn.Module):
         @nn.compact
@@ -514,6 +528,39 @@ def test_softmax_gather_and_grouped_conv_are_reported():
     gs = dependency_groups(m.apply, _init(m, x), x)
     assert len(gs) == 0
     assert any("grouped convolution" in b.reason for b in gs.blocked)
+
+
+def test_tied_embedding_stays_tied_and_compacts():
+    # The table embeds the tokens and, transposed, computes the logits: its feature axis is
+    # one group with the layers between (a language model with tied embeddings, no norm).
+    def lm(p, ids):
+        h = p["table"][ids]
+        h = h + jnp.tanh(h @ p["w1"] + p["b1"][None, None]) @ p["w2"]
+        return h @ p["table"].T
+
+    p = {
+        "table": _normal((11, 6), seed=1),
+        "w1": _normal((6, 5), seed=2),
+        "b1": _normal((5,), seed=3),
+        "w2": _normal((5, 6), seed=4),
+    }
+    ids = jnp.array([[1, 4, 9], [0, 3, 10]])
+    gs = dependency_groups(lm, p, ids)
+    # Named after the layer that produces the channels (the table only looks them up).
+    by_name = _by_name(gs)
+    assert set(by_name) == {"w2:1", "w1:1"}
+    assert _members(by_name["w2:1"]) == {("table", 1), ("w1", 0), ("w2", 1)}
+    assert _members(by_name["w1:1"]) == {("w1", 1), ("b1", 0), ("w2", 0)}
+    blocked = {(b.path, b.axis): b.reason for b in gs.blocked}
+    assert "gather" in blocked[("table", 0)] or "output" in blocked[("table", 0)]
+    keep = {"w2:1": np.array([1, 0, 1, 1, 0, 1], bool), "w1:1": np.arange(5) != 2}
+    small, small_fn = compact(lm, p, keep, ids)
+    assert small["table"].shape == (11, 4) and small["w1"].shape == (4, 4)
+    full = [keep[g.name] for g in gs]
+    masks = group_weight_masks(p, gs, full)
+    masked = jax.tree.map(lambda w, m: w * m, p, masks)
+    _close(small_fn(small, ids), jax.jit(lm)(masked, ids))
+    assert count_flops(small_fn, small, ids) < count_flops(lm, p, ids)
 
 
 def test_jit_wrapped_fn_gives_the_same_groups():

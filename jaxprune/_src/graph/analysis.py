@@ -257,6 +257,8 @@ class Analysis:
             self._dot(node)
         elif name == "conv_general_dilated":
             self._conv(node)
+        elif name == "gather":
+            self._gather(node)
         elif name == "concatenate":
             self._concat(node)
         elif name == "split":
@@ -358,6 +360,43 @@ class Analysis:
                     pa = self._param_axis(v, d)
                     if pa is not None:
                         self.produced.add(pa)
+
+    def _gather(self, node):
+        """Row lookups (an embedding ``table[ids]``): whole slices along the other axes.
+
+        An operand axis that the gather takes whole (not indexed, slice size = its size) is
+        tied to its output axis, so an embedding's feature axis joins the layers that read it.
+        The indexed axes (the vocabulary) are blocked; the output's batch axes follow the
+        indices' axes.
+        """
+        p = node.eqn.params
+        dn = p["dimension_numbers"]
+        operand, indices = node.ins[:2]
+        out = node.outs[0]
+        src = self.shape(operand)
+        if getattr(dn, "operand_batching_dims", ()) or len(node.ins) != 2:
+            for v in (operand, out):
+                self._block_value(v, "read by a batched gather, which the analysis does not follow")
+            return
+        indexed = "indexed by a gather (rows picked by value, e.g. an embedding's vocabulary)"
+        kept = [a for a in range(len(src)) if a not in dn.collapsed_slice_dims]
+        for j, a in enumerate(kept):
+            o = dn.offset_dims[j]
+            if a not in dn.start_index_map and p["slice_sizes"][a] == src[a]:
+                self._tie((operand, a), (out, o))
+            else:
+                self._block(operand, a, indexed)
+                self._block(out, o, indexed)
+        for a in dn.collapsed_slice_dims:
+            self._block(operand, a, indexed)
+        batch = [d for d in range(len(self.shape(out))) if d not in dn.offset_dims]
+        idx_shape = self.shape(indices)
+        if len(batch) == len(idx_shape) - 1:  # the last axis of the indices is the index vector
+            for i, d in enumerate(batch):
+                self._tie((indices, i), (out, d))
+        else:
+            for d in batch:
+                self._block(out, d, indexed)
 
     def _conv(self, node):
         p = node.eqn.params

@@ -175,6 +175,12 @@ class _Plan:
                 new if new != n else s
                 for s, n, new in zip(p["slice_sizes"], old[src], self.shape(src), strict=True)
             )
+        elif name == "gather":
+            src = node.ins[0]
+            p["slice_sizes"] = tuple(
+                new if new != n else s
+                for s, n, new in zip(p["slice_sizes"], old[src], self.shape(src), strict=True)
+            )
         elif name == "split":
             p["sizes"] = tuple(self.shape(o)[p["axis"]] for o in node.outs)
         return p
