@@ -11,6 +11,9 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
+# Grouped-query attention whose key and value widths are separate fields of one size.
+from test_structural_transformer import Block
+
 import jaxprune as jp
 from jaxprune.structural import compact_linen, group_weight_masks
 
@@ -24,29 +27,6 @@ class CNN(nn.Module):
         x = nn.relu(nn.BatchNorm(use_running_average=not train)(x))
         x = nn.relu(nn.Conv(self.widths[1], (3, 3))(x))
         return nn.Dense(10)(x.reshape(x.shape[0], -1))
-
-
-class Block(nn.Module):
-    """Grouped-query attention whose key and value widths are separate fields of one size."""
-
-    heads: int = 6
-    kv_heads: int = 2
-    head_dim: int = 8
-    v_dim: int = 8
-    mlp: int = 24
-
-    @nn.compact
-    def __call__(self, x):
-        b, t, _ = x.shape
-        h = nn.LayerNorm()(x)
-        q = nn.DenseGeneral((self.heads, self.head_dim), name="q")(h)
-        k = nn.DenseGeneral((self.kv_heads, self.head_dim), name="k")(h)
-        v = nn.DenseGeneral((self.kv_heads, self.v_dim), name="v")(h)
-        q = q.reshape(b, t, self.kv_heads, self.heads // self.kv_heads, self.head_dim)
-        a = jax.nn.softmax(jnp.einsum("btkgd,bskd->bkgts", q, k), axis=-1)
-        o = jnp.einsum("bkgts,bskd->btkgd", a, v).reshape(b, t, self.heads, self.v_dim)
-        x = x + nn.DenseGeneral(x.shape[-1], axis=(-2, -1), name="o")(o)
-        return x + nn.Dense(x.shape[-1], name="down")(nn.gelu(nn.Dense(self.mlp, name="up")(h)))
 
 
 def _normal(shape, seed):
@@ -118,7 +98,7 @@ def test_smaller_linen_model_trains_and_checkpoints(tmp_path):
 
 def test_fields_of_equal_size_are_told_apart_by_tracing():
     # head_dim and v_dim are both 8; only the values' width is pruned, to 2.
-    block = Block()
+    block = Block(heads=6, kv_heads=2)
     x = _normal((2, 5, 16), 2)
     v = block.init(jax.random.key(0), x)
     groups = jp.dependency_groups(block.apply, v, x)
