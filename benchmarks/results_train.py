@@ -268,6 +268,8 @@ def build_method(spec: dict, params: Any, steps: int) -> tuple[Callable, str]:
             phase_steps=phase,
             final_compressed_steps=final,
             total_steps=steps,
+            # The rows were recorded with the masks ranked after the phase's first update.
+            recompute_from="updated",
         )
         return (lambda extra: optax.chain(adam, tx)), "chain"
     if method in ("static", "set", "rigl"):

@@ -178,8 +178,8 @@ def cases(key: jax.Array, mask_dtype: str = "bool") -> list[Case]:
             (1.5, 1.05),
         ),
         Case(
-            "magnitude_pruning current",
-            optax.chain(adam, jp.magnitude_pruning(sched, recompute_from="current")),
+            "magnitude_pruning updated",
+            optax.chain(adam, jp.magnitude_pruning(sched, recompute_from="updated")),
             False,
             0,
             1,

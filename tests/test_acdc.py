@@ -87,8 +87,9 @@ def test_phases_follow_the_timeline(warmup, phase, final, cycles):
 WARMUP, PHASE, FINAL, TOTAL = 2, 3, 4, 18  # two cycles: C C C D D D at 2-7 and 8-13
 
 
+@pytest.mark.parametrize("recompute_from", ["current", "updated"])
 @pytest.mark.parametrize("scope", ["layer", "global"])
-def test_training_run_against_reference(scope):
+def test_training_run_against_reference(scope, recompute_from):
     sparsity = 0.8
     tx = optax.chain(
         optax.identity(),
@@ -99,6 +100,7 @@ def test_training_run_against_reference(scope):
             final_compressed_steps=FINAL,
             total_steps=TOTAL,
             scope=scope,
+            recompute_from=recompute_from,
         ),
     )
     traces = []
@@ -115,7 +117,10 @@ def test_training_run_against_reference(scope):
     for t in range(TOTAL + 2):
         g = grads_like(params, t)
         label = timeline(t, WARMUP, PHASE, FINAL, TOTAL)
-        w_next = [np.asarray(leaf(params, p)) + np.asarray(leaf(g, p)) for p in KERNELS]
+        # The weights a phase's masks rank: before this update ("current"), or after it.
+        w_rank = [np.asarray(leaf(params, p)) for p in KERNELS]
+        if recompute_from == "updated":
+            w_rank = [w + np.asarray(leaf(g, p)) for w, p in zip(w_rank, KERNELS)]
         params, state, u = step(params, state, g)
         masks = [np.asarray(leaf(jp.get_masks(state), p)) for p in KERNELS]
         for p in BIASES:
@@ -127,7 +132,7 @@ def test_training_run_against_reference(scope):
                 np.testing.assert_array_equal(leaf(u, p), leaf(g, p))  # untouched
             continue
         if label == "start":
-            current = reference_masks(w_next, sparsity, scope)
+            current = reference_masks(w_rank, sparsity, scope)
         for p, m, ref in zip(KERNELS, masks, current):
             np.testing.assert_array_equal(m, ref)  # chosen at the start, fixed in the phase
             w = np.asarray(leaf(params, p))
@@ -195,6 +200,11 @@ GOOD = dict(warmup_steps=2, phase_steps=3, final_compressed_steps=4, total_steps
         (dict(sparsity={"params/Dense_0/kernel": 1.5}), ValueError, "sparsity\\['params"),
         (dict(sparsity={3: 0.5}), TypeError, "leaf paths"),
         (dict(sparsity={}), ValueError, "empty map"),
+        (
+            dict(recompute_from="after"),
+            ValueError,
+            "recompute_from must be one of \\('current', 'updated'\\), got 'after'",
+        ),
     ],
 )
 def test_bad_arguments(kwargs, error, match):

@@ -17,6 +17,7 @@ from jaxprune._src import transform as transform_lib
 from jaxprune._src.base import Array, LeafRule, Masks, is_float_array
 
 _SCOPES = ("layer", "global")
+_RECOMPUTE_FROM = ("current", "updated")
 
 
 class ACDCState(NamedTuple):
@@ -56,6 +57,7 @@ def acdc(
     scope: str = "layer",
     prune: LeafRule | None = None,
     mask_dtype: str = "bool",
+    recompute_from: str = "current",
 ) -> optax.GradientTransformationExtraArgs:
     r"""Alternating Compressed/DeCompressed training (AC/DC); place it last in an optax chain.
 
@@ -72,7 +74,8 @@ def acdc(
       :math:`[W + (2c + 1)P, W + 2(c + 1)P)`, then the **final compressed** phase from
       :math:`T - F` on (it does not end at :math:`T`: later updates stay compressed).
     * At the first update of a compressed phase, the masks are chosen by magnitude from the
-      weights that update produces, :math:`w + u`, by the rule of
+      weights before that update, :math:`w` (``recompute_from="updated"``: from the weights
+      that update produces, :math:`w + u`), by the rule of
       :func:`jaxprune.magnitude_mask` at the target sparsity (per leaf, or one threshold over
       all pruned leaves with ``scope="global"``); they stay fixed for the whole phase, and every
       update of the phase makes the pruned weights exactly ``0.0`` (:math:`u_i \to -w_i`).
@@ -102,6 +105,12 @@ def acdc(
         parameter. ``"packed"``: 1 bit per parameter in ``uint32`` words, in the state and in
         checkpoints, as :func:`jaxprune.magnitude_pruning` offers; masks and trajectories are
         bit for bit those of ``"bool"``, and the accessors return bool masks either way.
+      recompute_from: ``"current"`` (default) ranks the weights before the update that starts
+        a compressed phase, as :func:`jaxprune.magnitude_pruning` does by default; then the
+        phase's masks need nothing from the inner optimizer's update, and XLA fuses that
+        update into ``optax.apply_updates`` on every step. ``"updated"`` ranks the weights the
+        update produces, :math:`w + u` (the only behaviour before this argument existed):
+        its turn reads this step's updates, which XLA then writes out on every step.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``. Its state is an :class:`ACDCState`;
@@ -109,9 +118,9 @@ def acdc(
 
     Raises:
       ValueError: for a sparsity outside ``[0, 1)``, step counts out of range or that do not
-        fit the timeline, an unknown ``scope`` or ``mask_dtype``, a per-leaf map with
-        ``prune`` or global scope, or (at ``init``) a rule that matches no leaf or a map path
-        that is not a float leaf.
+        fit the timeline, an unknown ``scope``, ``mask_dtype`` or ``recompute_from``, a
+        per-leaf map with ``prune`` or global scope, or (at ``init``) a rule that matches no
+        leaf or a map path that is not a float leaf.
       TypeError: for arguments of the wrong type, or a rule that selects a non-float leaf.
 
     Examples:
@@ -141,6 +150,8 @@ def acdc(
     if scope not in _SCOPES:
         raise ValueError(f"scope must be one of {_SCOPES}, got {scope!r}")
     packed = packed_lib.check_mask_dtype(mask_dtype)
+    if recompute_from not in _RECOMPUTE_FROM:
+        raise ValueError(f"recompute_from must be one of {_RECOMPUTE_FROM}, got {recompute_from!r}")
     cycling = total - warmup - final
     if cycling < 0 or cycling % (2 * phase):
         cycles = max(cycling, 0) // (2 * phase)
@@ -211,8 +222,9 @@ def acdc(
         )
 
         def recompute(operands: tuple, masks: list[Array]) -> tuple[list[Array], None]:
-            del masks  # chosen from the weights this update produces
+            del masks  # chosen from the weights alone
             p, u = operands
+            u = [None] * len(p) if u is None else u  # None: the weights before the update
             if scope == "global":
                 return masks_lib.global_threshold(p, target, u)[0], None
             got = [
@@ -220,7 +232,10 @@ def acdc(
             ]
             return got, None
 
-        operands = ([p_leaves[i] for i in idx], [u_leaves[i] for i in idx])
+        # Only what the turn reads enters its cond (the updates only with "updated": an
+        # operand of a cond is written out on every step).
+        updated = [u_leaves[i] for i in idx] if recompute_from == "updated" else None
+        operands = ([p_leaves[i] for i in idx], updated)
         turns = [link_core.Turn(idx, starts, recompute, operands)]
         m_leaves, _ = link_core.run_turns(turns, m_leaves, None, packed=packed)
         for i in idx:
