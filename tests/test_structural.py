@@ -625,7 +625,10 @@ def test_fisher_group_scores_from_per_example_gradients():
         keep = [np.arange(groups[0].size) != c, np.ones(groups[1].size, bool)]
         kept = group_weight_masks(p, groups, keep)
         direction = jax.tree.map(lambda a, m: a - a * m, p, kept)
-        slopes = jax.vmap(lambda xi: jax.jvp(lambda q: loss(q, xi), (p,), (direction,))[1])(x)
+        def slope(xi, direction=direction):
+            return jax.jvp(lambda q: loss(q, xi), (p,), (direction,))[1]
+
+        slopes = jax.vmap(slope)(x)
         np.testing.assert_allclose(d[:, c], np.asarray(slopes), rtol=1e-4, atol=1e-6)
     # The Fisher score squares before averaging, the Taylor score after: they differ.
     taylor = group_scores(
