@@ -625,6 +625,7 @@ def test_fisher_group_scores_from_per_example_gradients():
         keep = [np.arange(groups[0].size) != c, np.ones(groups[1].size, bool)]
         kept = group_weight_masks(p, groups, keep)
         direction = jax.tree.map(lambda a, m: a - a * m, p, kept)
+
         def slope(xi, direction=direction):
             return jax.jvp(lambda q: loss(q, xi), (p,), (direction,))[1]
 
