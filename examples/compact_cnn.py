@@ -187,18 +187,24 @@ def main(argv=None) -> int:
     out_small = np.asarray(jax.jit(small_fn)(small, x_test))
     same = np.allclose(out_small, out_masked, rtol=1e-4, atol=1e-4)
 
-    flops_dense = jp.count_flops(fn, variables, x_test)
-    flops_small = jp.count_flops(small_fn, small, x_test)
-    t_dense = latency_ms(fn, variables, x_test, repeats)
-    t_small = latency_ms(small_fn, small, x_test, repeats)
-    acc_dense = accuracy(jax.jit(fn), variables, x_test, y_test)
-    acc_small = accuracy(jax.jit(small_fn), small, x_test, y_test)
     tuned = fine_tune(small_fn, small, x_train, y_train, steps // 4, args.seed)
+    return report(fn, variables, small_fn, small, tuned, x_test, y_test, repeats, steps // 4, same)
+
+
+def report(fn, params, small_fn, small, tuned, x_test, y_test, repeats, tune_steps, same) -> int:
+    """Prints parameters, FLOPs, latency and accuracies, dense against compacted; the exit
+    status: 0 if the compacted outputs equal the masked model's (``same``), else 1."""
+    flops_dense = jp.count_flops(fn, params, x_test)
+    flops_small = jp.count_flops(small_fn, small, x_test)
+    t_dense = latency_ms(fn, params, x_test, repeats)
+    t_small = latency_ms(small_fn, small, x_test, repeats)
+    acc_dense = accuracy(jax.jit(fn), params, x_test, y_test)
+    acc_small = accuracy(jax.jit(small_fn), small, x_test, y_test)
     acc_tuned = accuracy(jax.jit(small_fn), tuned, x_test, y_test)
 
     print(f"\n{'':24s}{'dense':>12s}{'compacted':>12s}{'ratio':>8s}")
     rows = [
-        ("parameters", n_params(variables), n_params(small)),
+        ("parameters", n_params(params), n_params(small)),
         ("FLOPs (test set)", flops_dense, flops_small),
         (f"latency ms (n={len(x_test)})", t_dense, t_small),
     ]
@@ -207,7 +213,7 @@ def main(argv=None) -> int:
         print(f"{name:24s}" + fmt.format(a) + fmt.format(b) + f"{b / a:>8.2f}")
     print(
         f"\ntest accuracy: dense {acc_dense:.2f}%, compacted {acc_small:.2f}%, "
-        f"compacted + {steps // 4} fine-tuning steps {acc_tuned:.2f}%"
+        f"compacted + {tune_steps} fine-tuning steps {acc_tuned:.2f}%"
     )
     print(f"compacted outputs equal the masked model's: {same}")
     return 0 if same else 1

@@ -26,9 +26,8 @@ with status 1 if the small model's outputs differ from the masked model's.
 from __future__ import annotations
 
 import argparse
-import statistics
+import os
 import sys
-import time
 
 import flax.linen as nn
 import jax
@@ -39,6 +38,10 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 import jaxprune as jp
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The measurements and the report are those of the CNN example.
+from compact_cnn import report  # noqa: E402
 
 WIDTH, HEADS, MLP, BLOCKS = 64, 4, 256, 2
 
@@ -69,25 +72,6 @@ def load(seed: int):
     digits = load_digits()
     x = (digits.images / 16.0).astype(np.float32)
     return train_test_split(x, digits.target, test_size=0.2, random_state=seed)
-
-
-def accuracy(fn, params, x, y) -> float:
-    return float(np.mean(np.argmax(np.asarray(fn(params, x)), -1) == y)) * 100
-
-
-def latency_ms(fn, params, x, repeats: int) -> float:
-    fn = jax.jit(fn)
-    jax.block_until_ready(fn(params, x))
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(params, x))
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
-
-
-def n_params(tree) -> int:
-    return sum(int(np.size(x)) for x in jax.tree.leaves(tree))
 
 
 def train(fn, params, x, y, steps, seed, lr):
@@ -168,30 +152,10 @@ def main(argv=None) -> int:
     out_small = np.asarray(jax.jit(small_fn)(small, x_test))
     same = np.allclose(out_small, out_masked, rtol=1e-4, atol=1e-4)
 
-    flops_dense = jp.count_flops(model.apply, params, x_test)
-    flops_small = jp.count_flops(small_fn, small, x_test)
-    t_dense = latency_ms(model.apply, params, x_test, repeats)
-    t_small = latency_ms(small_fn, small, x_test, repeats)
-    acc_dense = accuracy(jax.jit(model.apply), params, x_test, y_test)
-    acc_small = accuracy(jax.jit(small_fn), small, x_test, y_test)
     tuned = train(small_fn, small, x_train, y_train, steps // 4, args.seed + 1, 1e-3)
-    acc_tuned = accuracy(jax.jit(small_fn), tuned, x_test, y_test)
-
-    print(f"\n{'':24s}{'dense':>12s}{'compacted':>12s}{'ratio':>8s}")
-    rows = [
-        ("parameters", n_params(params), n_params(small)),
-        ("FLOPs (test set)", flops_dense, flops_small),
-        (f"latency ms (n={len(x_test)})", t_dense, t_small),
-    ]
-    for name, a, b in rows:
-        fmt = "{:>12,.0f}" if name != rows[2][0] else "{:>12.2f}"
-        print(f"{name:24s}" + fmt.format(a) + fmt.format(b) + f"{b / a:>8.2f}")
-    print(
-        f"\ntest accuracy: dense {acc_dense:.2f}%, compacted {acc_small:.2f}%, "
-        f"compacted + {steps // 4} fine-tuning steps {acc_tuned:.2f}%"
+    return report(
+        model.apply, params, small_fn, small, tuned, x_test, y_test, repeats, steps // 4, same
     )
-    print(f"compacted outputs equal the masked model's: {same}")
-    return 0 if same else 1
 
 
 if __name__ == "__main__":
