@@ -118,12 +118,19 @@ def test_static_masks_never_change_and_pruned_weights_stay_zero():
     assert step._cache_size() == 1
 
 
-def test_rigl_drop_and_grow_against_reference():
+@pytest.mark.parametrize("skip", [True, False], ids=["skip_update_on_turn", "update_on_turn"])
+def test_rigl_drop_and_grow_against_reference(skip):
     alpha, every, end = 0.4, 2, 10
     params = params_like(seed=3)
-    tx = sparse(
-        optax.adam(0.05), rigl(0.75, key=KEY, drop_fraction=alpha, update_every=every, end_step=end)
+    alg = rigl(
+        0.75,
+        key=KEY,
+        drop_fraction=alpha,
+        update_every=every,
+        end_step=end,
+        skip_update_on_turn=skip,
     )
+    tx = sparse(optax.adam(0.05), alg)
     state = tx.init(params)
     params = masked_params(params, state)
     step = jax.jit(tx.update)
@@ -165,6 +172,25 @@ def test_rigl_drop_and_grow_against_reference():
         regrown = grow & m_old
         assert new.any() and np.all(regrown.reshape(-1)[dropped])
         w_new = np.asarray(params["dense"]["kernel"])
+        assert np.all(w_new[~m_new] == 0.0) and np.all(w_new[new] == 0.0)
+        if not skip:
+            # The default: Adam's update on the masked gradient is applied on a turn too, to the
+            # weights kept before and after; new connections get a zero gradient on a zeroed
+            # state, so their moments stay zero.
+            masked_g = {"dense": {"kernel": gk * m_old, "bias": g["dense"]["bias"]}}
+            u_ref, s_ref = optax.adam(0.05).update(masked_g, before_state.inner, before_params)
+            both = m_new & m_old
+            np.testing.assert_allclose(
+                w_new[both], (w + np.asarray(u_ref["dense"]["kernel"]))[both], rtol=1e-6
+            )
+            mu_ref = np.asarray(s_ref[0].mu["dense"]["kernel"])
+            nu_ref = np.asarray(s_ref[0].nu["dense"]["kernel"])
+            np.testing.assert_allclose(mu_new[~new], mu_ref[~new], rtol=1e-6)
+            np.testing.assert_allclose(nu_new[~new], nu_ref[~new], rtol=1e-6)
+            assert np.all(mu_new[new] == 0.0) and np.all(nu_new[new] == 0.0)
+            assert np.all(mu_old[regrown] != 0.0)
+            assert int(state.inner[0].count) == int(before_state.inner[0].count) + 1
+            continue
         # The reference applies no optimizer update on a turn: weights kept before and after
         # (survivors and the regrown ones) unchanged, bias too.
         np.testing.assert_array_equal(w_new[m_new & m_old], w[m_new & m_old])

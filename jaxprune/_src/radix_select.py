@@ -262,6 +262,10 @@ def _replicated(x: Array) -> NamedSharding | None:
     return NamedSharding(mesh, PartitionSpec())
 
 
+# Copies of each histogram that neighbouring keys count into (a power of two).
+_LANES = 2
+
+
 def _add_to_hist(
     hist: Array, keys: Array, part: Part, shift: int, width: int, prefix: Array | None
 ) -> Array:
@@ -272,7 +276,12 @@ def _add_to_hist(
         row = lax.broadcasted_iota(jnp.int32, keys.shape, 0) + part.row
     else:
         row = part.row
-    index = row * nbins + digit
+    # Neighbouring keys count into different copies of the histogram (_LANES of them, summed
+    # after the pass): many equal keys in a row (the zeros of pruned weights, all in one bin)
+    # would otherwise wait on each other's read-modify-write of one counter.
+    lane = 0 if keys.ndim == 0 else lax.broadcasted_iota(jnp.int32, keys.shape, keys.ndim - 1)
+    lane = lane & (_LANES - 1)
+    index = (row * nbins + digit) * _LANES + lane
     out_sharding = _replicated(keys)
     if prefix is None:
         return hist.at[index].add(1, mode="promise_in_bounds", out_sharding=out_sharding)
@@ -355,11 +364,12 @@ def _histogram_select(
     width = _hist_width(nrows, sum(p.size for p in parts))
     prefix = None
     for shift, w in _digits(8 * ktype.itemsize, width):
-        hist = jnp.zeros((nrows << w,), jnp.int32)
+        hist = jnp.zeros(((nrows << w) * _LANES,), jnp.int32)
         it = iter(arrays)
         for part in parts:
             own = [next(it) for _ in part.source.arrays]
             hist = _hist_pass(hist, part, own, shift, w, prefix, chunk)
+        hist = hist.reshape(-1, _LANES).sum(axis=1)
         digit, above = _pick_digits(hist, k, w)
         k = k - above
         prefix = digit.astype(ktype) if prefix is None else (prefix << w) | digit.astype(ktype)

@@ -26,14 +26,21 @@ seen so far; the first update is ``t = 0``):
 3. the inner optimizer runs: ``u, inner_state = inner_tx.update(g', inner_state, w)``;
 4. on the algorithm's turns (a traced bool), the masks are recomputed inside ``lax.cond`` from
    what the algorithm declares it reads (weights, raw gradients, the updates ``u``). An
-   algorithm may ask that the inner update be skipped on its turns (RigL does, as its reference
-   implementation): ``u`` is then zero and the inner state is left as it was;
+   algorithm may ask that the inner update be skipped on its turns (``jaxprune.rigl(...,
+   skip_update_on_turn=True)``, as the reference implementation): ``u`` is then zero and the
+   inner state is left as it was;
 5. *regrowth* (algorithms that grow weights: RigL, SET): a weight is **newly grown** when its
    mask turns from ``False`` to ``True`` at this step. Every leaf of the inner optimizer's
    state that sits in a params-shaped subtree of that state (a subtree with the params' tree
    structure, such as Adam's ``mu`` and ``nu`` or a momentum ``trace``) and has the shape of
    the corresponding weight is set to ``0`` at the newly grown entries; other leaves (step
-   counts, Adafactor's factored moments) are left alone;
+   counts, Adafactor's factored moments) are left alone. For these algorithms the masks are
+   chosen before the inner update of step 3 (an algorithm that ranks ``u`` gets it computed
+   inside the turn's branch from the state as it was), and the reset applies to the state the
+   inner update starts from: a newly grown entry has gradient ``0`` (its mask was ``False``),
+   so for optimizers whose state is ``0`` after a zero gradient on a zero state (SGD with
+   momentum, Adam, RMSProp, Adagrad, Lion) it is still ``0`` after the update. Resetting the
+   state the optimizer returns instead would make XLA compute it twice on every step;
 6. the updates returned: for zero-weight algorithms, :math:`u_i` where the weight was kept
    before *and* after this step, and :math:`-w_i` everywhere else, so after
    ``optax.apply_updates`` every pruned weight is exactly ``0.0`` and every newly grown weight
@@ -288,10 +295,9 @@ def sparse(
             )
             return treedef.flatten_up_to(u_tree), new_inner
 
-        u_leaves, inner = inner_update(state.inner)
-
         if alg.recompute is None:
             new_m = m_leaves
+            u_leaves, inner = inner_update(state.inner)
         else:
             turn = alg.turn(astate)
             plan = alg.plan(params)
@@ -303,44 +309,59 @@ def sparse(
             # of fusing the optimizer's arithmetic into optax.apply_updates. An algorithm that
             # ranks the updates gets them computed again inside the branch, from the same
             # inputs (the same values); a step that is not a turn costs a copy of the masks.
-            p_read = p_leaves
-            if "updated_params" in alg.reads and alg.straight_through:
-                # The updates are returned as they are, so this is the array the train step's
-                # optax.apply_updates computes: XLA stores it once, as the new weights, and the
-                # turn reads it from there (nothing kept alive for it, nothing recomputed).
-                p_read = [
-                    jnp.asarray(w + u).astype(jnp.asarray(w).dtype)
-                    for w, u in zip(p_leaves, u_leaves)
-                ]
-
-            def on_turn(st):
-                u = inner_update(state.inner)[0] if "updates" in alg.reads else None
+            def on_turn(st, p_read, u):
+                if u is None and "updates" in alg.reads:
+                    u = inner_update(state.inner)[0]
                 g = g_leaves if "grads" in alg.reads else None
                 got = list(alg.recompute(plan, st, p_read, g, u))
                 if packed:
                     got = packed_lib.pack_pruned(got)
                 return got
 
-            def off_turn(st):
-                return list(words) if packed else list(treedef.flatten_up_to(st.masks))
+            in_words = words
 
-            new_m = lax.cond(turn, on_turn, off_turn, astate)
-            if packed:
-                words = new_m
-                new_m = [packed_lib.as_bool(m) for m in new_m]
-            # The rest is elementwise and fuses into the optimizer's arithmetic: on a turn of
-            # RigL the inner update is skipped (its state kept, its updates zero), and newly
-            # grown entries of the inner state are zeroed (none off turns).
-            if alg.skip_update_on_turn:
-                inner = jax.tree.map(lambda old, new: jnp.where(turn, old, new), state.inner, inner)
-                u_leaves = [
-                    jnp.where(turn, jnp.zeros((), jnp.asarray(u).dtype), u) for u in u_leaves
-                ]
+            def off_turn(st, p_read, u):
+                return list(in_words) if packed else list(treedef.flatten_up_to(st.masks))
+
+            def new_masks(p_read, u):
+                out = lax.cond(turn, on_turn, off_turn, astate, p_read, u)
+                return out, [packed_lib.as_bool(m) for m in out] if packed else out
+
             if alg.regrows:
+                # The masks first, then the inner update on a state whose newly grown entries
+                # are already zero: their gradient g * m is zero too, so the optimizer's new
+                # state is zero there (for optimizers whose state is a function of past
+                # gradients that is 0 at 0: momentum, Adam, RMSProp, ...). Zeroing the state
+                # the optimizer returns instead would select between two versions of each
+                # moment, which XLA computes twice and copies (benchmarks/state_select.py).
+                words, new_m = new_masks(p_leaves, None)
                 grown = [None] * len(p_leaves)
                 for i in pruned:
                     grown[i] = new_m[i] & ~m_leaves[i]
-                inner = _reset_grown(inner, treedef, p_leaves, grown)
+                inner_in = _reset_grown(state.inner, treedef, p_leaves, grown)
+                u_leaves, inner = inner_update(inner_in)
+            else:
+                u_leaves, inner = inner_update(state.inner)
+                p_read = p_leaves
+                if "updated_params" in alg.reads and alg.straight_through:
+                    # The updates are returned as they are, so this is the array the train
+                    # step's optax.apply_updates computes: XLA stores it once, as the new
+                    # weights, and the turn reads it from there (nothing kept alive for it,
+                    # nothing recomputed).
+                    p_read = [
+                        jnp.asarray(w + u).astype(jnp.asarray(w).dtype)
+                        for w, u in zip(p_leaves, u_leaves)
+                    ]
+                words, new_m = new_masks(p_read, None)
+                inner_in = state.inner
+            if alg.skip_update_on_turn:
+                # On a turn the inner update is skipped: its state kept (newly grown entries
+                # zeroed), its updates zero. Elementwise, but it selects between two versions
+                # of the optimizer's state on every step (the cost of this option).
+                inner = jax.tree.map(lambda old, new: jnp.where(turn, old, new), inner_in, inner)
+                u_leaves = [
+                    jnp.where(turn, jnp.zeros((), jnp.asarray(u).dtype), u) for u in u_leaves
+                ]
 
         if alg.straight_through:
             out = u_leaves

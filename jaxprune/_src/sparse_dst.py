@@ -137,6 +137,7 @@ def _dynamic(
     end_step: Any,
     prune: LeafRule | None,
     grow: str,
+    skip_update_on_turn: bool = False,
 ) -> SparseAlgorithm:
     sparsity, rule = check_sparsity_arg(sparsity, prune)
     key = check_key(key)
@@ -199,7 +200,7 @@ def _dynamic(
         turn=turn,
         recompute=recompute,
         reads=reads,
-        skip_update_on_turn=grow == "gradient",
+        skip_update_on_turn=skip_update_on_turn,
         regrows=True,
     )
 
@@ -273,7 +274,10 @@ def set_training(
     :math:`f_t = \frac{\alpha}{2}(1 + \cos(\pi t / T_{end}))`, and grows :math:`d` weights chosen
     uniformly at random among those inactive after the drop. As in the reference
     implementation, the optimizer's update is applied on turns too (to the weights that stay).
-    New connections start at exactly ``0.0`` and their optimizer state is zeroed.
+    New connections start at exactly ``0.0`` and their optimizer state is zeroed, before the
+    update that they take no gradient from (so it stays zero for SGD with momentum, Adam,
+    RMSProp and the like); :math:`u` is the update computed from the state before that reset,
+    the same at the weights that stay for any optimizer that works entry by entry.
 
     Args:
       sparsity: a float in ``[0, 1)`` for every leaf ``prune`` selects, or a dict
@@ -327,6 +331,7 @@ def rigl(
     update_every: int = 100,
     end_step: int,
     prune: LeafRule | None = None,
+    skip_update_on_turn: bool = False,
 ) -> SparseAlgorithm:
     r"""RigL: drop the smallest weights, grow where the dense gradient is largest.
 
@@ -340,9 +345,17 @@ def rigl(
     dropped and grown back keeps its value and optimizer state; a new connection starts at
     exactly ``0.0`` with its optimizer state (e.g. Adam's moments) zeroed.
 
-    As in the reference implementation, **no optimizer update is applied on a turn**: the
-    updates only zero the dropped weights, and the inner optimizer's state (its step count
-    included) is left as it was, apart from the reset of new connections.
+    The masks are chosen first, from the weights and the raw gradients, and **the optimizer's
+    update is then applied on a turn too** (to :math:`g \odot m` with the masks before the
+    turn, to the weights kept before and after it), with the state of new connections zeroed
+    before the update: they get a zero gradient, so their state stays zero (for optimizers
+    such as SGD with momentum, Adam and RMSProp, whose state is zero after a zero gradient on
+    a zero state). The reference implementation applies no update on a turn; pass
+    ``skip_update_on_turn=True`` for that (the updates then only zero the dropped weights, and
+    the inner state, its step count included, is left as it was apart from the reset). It
+    costs every step, not only turns: the state a step stores is then a choice between two
+    versions of the optimizer's state, which XLA computes twice (about 1.15x a plain Adam step
+    between turns on the benchmark MLP, against about 1.05x with the default).
 
     Args:
       sparsity: a float in ``[0, 1)`` for every leaf ``prune`` selects, or a dict
@@ -353,6 +366,8 @@ def rigl(
       end_step: :math:`T_{end}`, greater than ``update_every``.
       prune: with a float sparsity, which leaves are pruned (regex or predicate); default:
         float leaves of rank >= 2 not named ``bias``.
+      skip_update_on_turn: ``True``: no optimizer update on a turn, as the reference
+        implementation. Default ``False``: the update is applied on turns too (see above).
 
     Returns:
       A sparse-training algorithm for :func:`jaxprune.sparse`.
@@ -360,7 +375,7 @@ def rigl(
     Raises:
       ValueError: for ``drop_fraction`` outside ``(0, 1)``, ``update_every < 1``,
         ``end_step <= update_every``, a sparsity outside ``[0, 1)`` or a missing key.
-      TypeError: for arguments of the wrong type.
+      TypeError: for arguments of the wrong type (``skip_update_on_turn`` not a bool).
 
     Examples:
       >>> import jax, jax.numpy as jnp, optax
@@ -385,7 +400,19 @@ def rigl(
       Evci et al., 2020, `Rigging the Lottery: Making All Tickets Winners
       <https://arxiv.org/abs/1911.11134>`_.
     """
-    return _dynamic("rigl", sparsity, key, drop_fraction, update_every, end_step, prune, "gradient")
+    if not isinstance(skip_update_on_turn, bool):
+        raise TypeError(f"skip_update_on_turn must be a bool, got {skip_update_on_turn!r}")
+    return _dynamic(
+        "rigl",
+        sparsity,
+        key,
+        drop_fraction,
+        update_every,
+        end_step,
+        prune,
+        "gradient",
+        skip_update_on_turn,
+    )
 
 
 __all__ = ["static_sparse", "set_training", "rigl"]
