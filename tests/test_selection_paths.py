@@ -184,3 +184,35 @@ def scatters(n):
     tx = jp.magnitude_pruning(jp.constant_sparsity(0.5, frequency=1))
     state = tx.init(params)
     return jax.jit(tx.update).lower(params, state, params).as_text().count("stablehlo.scatter")
+
+
+def cond_outputs(tx, params):
+    """Shapes of the outputs of every cond in the traced update of ``tx``."""
+    state = tx.init(params)
+    jaxpr = jax.make_jaxpr(tx.update)(params, state, params)
+    return [v.aval.shape for e in jaxpr.eqns if e.primitive.name == "cond" for v in e.outvars]
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_bool_masks_leave_the_turn_as_keys(scope):
+    # With bool masks, a turn returns one key per leaf (a vector for a leaf of ranked slices),
+    # and the masks are compared outside the cond: no mask-sized array passes through it.
+    params = {f"k{i}": jax.random.normal(jax.random.key(i), (6, 5)) for i in range(4)}
+    params["stack"] = jax.random.normal(jax.random.key(9), (3, 8, 4))
+    params["big"] = jax.random.normal(jax.random.key(99), (70, 90))
+    sched = jp.constant_sparsity(0.6, begin_step=0, frequency=1)
+    tx = jp.magnitude_pruning(sched, scope=scope, stacked_axes={"stack": 0})
+    shapes = cond_outputs(tx, params)
+    assert shapes and all(np.prod(s) <= 3 for s in shapes), shapes
+    # Packed masks still pass through it as words, and both give the same masks.
+    packed = jp.magnitude_pruning(
+        sched, scope=scope, stacked_axes={"stack": 0}, mask_dtype="packed"
+    )
+    assert any(np.prod(s) > 3 for s in cond_outputs(packed, params))
+    got = [jax.jit(t.update)(params, t.init(params), params)[1] for t in (tx, packed)]
+    for name in params:
+        np.testing.assert_array_equal(
+            jp.get_masks(got[0])[name], jp.get_masks(got[1])[name], err_msg=name
+        )
+        for s in got:  # the kept fraction is the schedule's
+            assert 0.3 < float(jp.get_masks(s)[name].mean()) < 0.5

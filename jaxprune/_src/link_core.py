@@ -14,7 +14,10 @@ once:
    operands the policy chose and the current masks as bool arrays, and returns new bool masks
    (packed here when the state packs them) and new per-leaf values; otherwise the stored masks
    and values pass through unchanged. Only what the policy puts in the operands enters the
-   cond (an operand of a cond is a buffer of its own, so nothing is passed "just in case");
+   cond (an operand of a cond is a buffer of its own, so nothing is passed "just in case").
+   A policy may give some masks in threshold form (``Turn.keyed``): the cond returns the k-th
+   largest key of those leaves, and the mask ``key(w) >= kth`` is built outside it, where it
+   fuses into step 3 (:func:`jaxprune.magnitude_pruning` does, with bool masks);
 3. the updates become :math:`u_i` where the mask keeps entry ``i`` and :math:`-w_i` where it
    prunes it (:func:`zero_pruned`), packed masks unpacked where they
    are used so that XLA fuses the bit extraction into that update.
@@ -25,7 +28,7 @@ selection they call live in ``masks``, ``structured`` and ``radix_select``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -52,6 +55,17 @@ class Turn(NamedTuple):
     when: Any
     recompute: Callable[[Any, list[Array]], tuple[list[Array], list[Array] | None]]
     operands: Any = None
+    keyed: Mapping[int, jax.ShapeDtypeStruct] | None = None
+    key_mask: Callable[[int, Array], Array] | None = None
+
+
+# A turn may give some masks in *threshold form* (``Turn.keyed``, bool masks only): for position
+# ``j`` of ``leaves`` its recompute returns a key (a scalar, or a vector for a leaf of ranked
+# slices) of the shape and dtype ``keyed[j]`` instead of the mask, and ``key_mask(j, key)``
+# builds the mask outside the cond. The cond then returns scalars for those leaves, not masks:
+# a step that is not a turn copies no mask, and the mask, an elementwise comparison, fuses into
+# the zeroing of the updates (one kernel per leaf shape, as the comparison reads the key as an
+# operand, instead of a mask kernel per leaf inside the cond).
 
 
 def groups_by_schedule(chosen: list[bool], schedules: list[Any]) -> list[tuple[Any, list[int]]]:
@@ -95,16 +109,26 @@ def run_turns(
             masks = list(masks)
             return (packed_lib.pack_pruned(masks) if packed else masks), values
 
-        def off_turn(ops: tuple) -> tuple[list[Any], Any]:
+        keyed = turn.keyed or {}
+        if keyed and packed:
+            raise ValueError("a turn's masks in threshold form must be bool masks, not packed")
+
+        def off_turn(ops: tuple, keyed: Mapping = keyed) -> tuple[list[Any], Any]:
             _, stored, values = ops
-            return list(stored), values
+            out = list(stored)
+            for j, like in keyed.items():
+                out[j] = jnp.zeros(like.shape, like.dtype)  # not read: the old mask is kept
+            return out, values
 
         values = None if v_leaves is None else [v_leaves[i] for i in idx]
-        new_m, new_v = lax.cond(
-            turn.when, on_turn, off_turn, (turn.operands, [m_leaves[i] for i in idx], values)
-        )
+        stored = [jnp.zeros((), bool) if j in keyed else m_leaves[i] for j, i in enumerate(idx)]
+        new_m, new_v = lax.cond(turn.when, on_turn, off_turn, (turn.operands, stored, values))
         for j, i in enumerate(idx):
-            m_leaves[i] = new_m[j]
+            if j in keyed:
+                keep = turn.key_mask(j, new_m[j])
+                m_leaves[i] = jnp.where(turn.when, keep, m_leaves[i])
+            else:
+                m_leaves[i] = new_m[j]
             if v_leaves is not None:
                 v_leaves[i] = new_v[j]
     return m_leaves, v_leaves

@@ -97,16 +97,26 @@ def global_threshold(
 def _global_threshold(
     leaves: list[Array], sparsity: Array, updates: list[Array] | None
 ) -> tuple[list[Array], Array]:
+    ktype = radix_select.key_dtype([x.dtype for x in leaves])
+    updates = [None] * len(leaves) if updates is None else updates
+    kth, threshold = global_key(leaves, sparsity, updates)
+    sources = [radix_select.magnitude_source(x, ktype, u) for x, u in zip(leaves, updates)]
+    return [radix_select.at_least(src, kth) for src in sources], threshold
+
+
+def global_key(leaves: list[Array], sparsity: Array, updates: list[Any]) -> tuple[Array, Array]:
+    """The k-th largest magnitude key over all ``leaves`` (+ ``updates``) and the threshold
+    (in the widest dtype); the key dtype is ``key_dtype`` of the leaves' dtypes."""
     dtypes = [x.dtype for x in leaves]
     ktype = radix_select.key_dtype(dtypes)
-    updates = [None] * len(leaves) if updates is None else updates
-    sources = [radix_select.magnitude_source(x, ktype, u) for x, u in zip(leaves, updates)]
     total = sum(x.size for x in leaves)
-    counted = _stacked_sources(leaves, updates, ktype) if stackable(leaves + updates) else sources
+    if stackable(leaves + updates):
+        counted = _stacked_sources(leaves, updates, ktype)
+    else:
+        counted = [radix_select.magnitude_source(x, ktype, u) for x, u in zip(leaves, updates)]
     kth = radix_select.kth_largest_key(counted, radix_select.kept_count(total, sparsity))
     widest = max(dtypes, key=lambda d: jnp.dtype(d).itemsize)
-    masks = [radix_select.at_least(src, kth) for src in sources]
-    return masks, radix_select.key_to_magnitude(kth, widest)
+    return kth, radix_select.key_to_magnitude(kth, widest)
 
 
 def _stacked_sources(
@@ -279,7 +289,30 @@ def layer_masks(
     A leaf with an axis in ``axes`` gets one threshold per slice along it, a vector.
     """
     axes = [None] * len(leaves) if axes is None else axes
+    keys, thresholds = layer_keys(leaves, rows, kth, axes)
     masks: list[Any] = [jnp.ones(x.shape, bool) for x in leaves]
+    for i, (x, key) in enumerate(zip(leaves, keys)):
+        if key is None:
+            continue
+        ktype = key.dtype
+        if axes[i] is None:
+            masks[i] = radix_select.at_least(
+                radix_select.magnitude_source(x, ktype, updates[i]), key
+            )
+        else:
+            masks[i] = mask_at_key(x, updates[i], key, axes[i])
+    return masks, thresholds
+
+
+def layer_keys(
+    leaves: list[Array],
+    rows: dict[Any, list[list[int]]],
+    kth: dict[Any, Array],
+    axes: list[int | None],
+) -> tuple[list[Array | None], list[Array]]:
+    """Per leaf, the k-th largest key :func:`layer_kth` found (a vector of one key per slice
+    for a leaf with an axis; ``None`` for an empty leaf) and the threshold in its dtype."""
+    keys: list[Any] = [None] * len(leaves)
     thresholds: list[Any] = [
         jnp.zeros(() if a is None else (x.shape[a],), x.dtype) for x, a in zip(leaves, axes)
     ]
@@ -296,20 +329,30 @@ def layer_masks(
         while r < len(sizes):
             i = sizes[r][0]
             if axes[i] is None:
-                src = radix_select.magnitude_source(leaves[i], ktype, updates[i])
-                thresholds[i] = radix_select.key_to_magnitude(picked[r], leaves[i].dtype)
-                masks[i] = radix_select.at_least(src, picked[r])
+                keys[i] = picked[r]
                 r += 1
-                continue
-            n = leaves[i].shape[axes[i]]
-            kth_slices = keys_of_rows[r : r + n]
-            x, u = (_slices_first(a, axes[i]) for a in (leaves[i], updates[i]))
-            src = radix_select.magnitude_source(x, ktype, u)
-            keep = src.keys(*src.arrays) >= kth_slices.reshape((n,) + (1,) * (x.ndim - 1))
-            masks[i] = jnp.moveaxis(keep, 0, axes[i])
-            thresholds[i] = radix_select.key_to_magnitude(kth_slices, leaves[i].dtype)
-            r += n
-    return masks, thresholds
+            else:
+                n = leaves[i].shape[axes[i]]
+                keys[i] = keys_of_rows[r : r + n]
+                r += n
+            thresholds[i] = radix_select.key_to_magnitude(keys[i], leaves[i].dtype)
+    return keys, thresholds
+
+
+def mask_at_key(x: Array, update: Array | None, key: Array, axis: int | None = None) -> Array:
+    """``magnitude key of x (+ update) >= key``, elementwise, in ``key``'s key dtype.
+
+    With ``axis``, ``key`` holds one key per slice of ``x`` along that axis.
+    """
+    ktype = key.dtype
+    if axis is None:
+        src = radix_select.magnitude_source(x, ktype, update)
+        return src.keys(*src.arrays) >= key
+    n = x.shape[axis]
+    x, u = _slices_first(x, axis), _slices_first(update, axis)
+    src = radix_select.magnitude_source(x, ktype, u)
+    keep = src.keys(*src.arrays) >= key.reshape((n,) + (1,) * (x.ndim - 1))
+    return jnp.moveaxis(keep, 0, axis)
 
 
 def layer_thresholds(
@@ -355,6 +398,22 @@ def _layer_thresholds(
     rows = layer_rows(leaves, stackable(leaves + updates), axes)
     kth = layer_kth(leaves, sparsity, updates, rows, axes)
     return layer_masks(leaves, updates, rows, kth, axes)
+
+
+def layer_keys_of(
+    leaves: list[Array],
+    sparsity: Array,
+    updates: list[Array | None],
+    axes: list[int | None],
+) -> tuple[list[Array | None], list[Array]]:
+    """:func:`layer_thresholds` with each leaf's k-th largest key in place of its mask.
+
+    For masks built elsewhere with :func:`mask_at_key` (inside a jit, e.g. a pruning link).
+    """
+    s = jnp.asarray(sparsity, jnp.float32)
+    rows = layer_rows(leaves, stackable(leaves + updates), axes)
+    kth = layer_kth(leaves, s, updates, rows, axes)
+    return layer_keys(leaves, rows, kth, axes)
 
 
 def global_magnitude_masks(

@@ -410,8 +410,34 @@ def magnitude_pruning(
             skipped_turns=jnp.zeros((), jnp.int32),
         )
 
-    def recompute_group(idx: list[int], scheds: list[Any], structs: list[Any], axes: list[Any]):
-        """A turn's masks and thresholds for the leaves ``idx`` (operands ``(p, u, s)``)."""
+    def keyed_leaves(
+        p_leaves: list[Any], idx: list[int], scheds: list[Any], structs: list[Any], axes: list[Any]
+    ) -> dict[int, jax.ShapeDtypeStruct]:
+        """Positions in ``idx`` whose masks a turn gives in threshold form (see link_core).
+
+        Unstructured, non-empty leaves with bool masks: their mask is ``key >= kth``.
+        """
+        if packed:
+            return {}
+        shared = [i for i in idx if together(scheds[i], structs[i])]
+        ktype_shared = radix_select.key_dtype([p_leaves[i].dtype for i in shared] or [jnp.float32])
+        out = {}
+        for j, i in enumerate(idx):
+            x = p_leaves[i]
+            if structs[i] is not None or np.size(x) == 0:
+                continue
+            ktype = ktype_shared if i in shared else radix_select.key_dtype([x.dtype])
+            shape = () if axes[i] is None else (np.shape(x)[axes[i]],)
+            out[j] = jax.ShapeDtypeStruct(shape, ktype)
+        return out
+
+    def recompute_group(
+        idx: list[int], scheds: list[Any], structs: list[Any], axes: list[Any], keyed: Any
+    ):
+        """A turn's masks and thresholds for the leaves ``idx`` (operands ``(p, u, s)``).
+
+        For the positions in ``keyed`` the k-th largest key replaces the mask.
+        """
         shared = [j for j, i in enumerate(idx) if together(scheds[i], structs[i])]
 
         def recompute(operands: tuple, masks: list[Array]) -> tuple[list[Any], list[Any]]:
@@ -423,28 +449,44 @@ def magnitude_pruning(
             new_m: list[Any] = [None] * len(p)
             thrs: list[Any] = [None] * len(p)
             if shared:
-                got, thr = masks_lib.global_threshold(
-                    [p[j] for j in shared], s, [u[j] for j in shared]
-                )
+                if all(j in keyed for j in shared):
+                    kth, thr = masks_lib.global_key(
+                        [p[j] for j in shared], s, [u[j] for j in shared]
+                    )
+                    got = [kth] * len(shared)
+                else:
+                    got, thr = masks_lib.global_threshold(
+                        [p[j] for j in shared], s, [u[j] for j in shared]
+                    )
                 for j, m in zip(shared, got):
                     new_m[j], thrs[j] = m, thr.astype(p[j].dtype)
             # Unstructured leaves ranked on their own share one batched selection: the program
             # does not grow by a selection per leaf.
             alone = [j for j, i in enumerate(idx) if new_m[j] is None and structs[i] is None]
             if len(alone) > 1 or any(axes[idx[j]] is not None for j in alone):
-                got = masks_lib.layer_thresholds(
-                    [p[j] for j in alone],
-                    s,
-                    [u[j] for j in alone],
-                    axes=[axes[idx[j]] for j in alone],
-                )
+                leaves = [jnp.asarray(p[j]) for j in alone]
+                alone_axes = [axes[idx[j]] for j in alone]
+                if all(j in keyed for j in alone if p[j].size):
+                    got = masks_lib.layer_keys_of(leaves, s, [u[j] for j in alone], alone_axes)
+                else:
+                    got = masks_lib.layer_thresholds(
+                        leaves, s, [u[j] for j in alone], axes=alone_axes
+                    )
                 for j, m, t in zip(alone, *got):
                     new_m[j], thrs[j] = m, t
             for j, i in enumerate(idx):
                 if new_m[j] is not None:
                     continue
                 if structs[i] is None:
-                    new_m[j], thrs[j] = masks_lib.magnitude_threshold(p[j], s, u[j])
+                    if j in keyed:
+                        x = jnp.asarray(p[j])
+                        src = radix_select.magnitude_source(x, keyed[j].dtype, u[j])
+                        new_m[j] = radix_select.kth_largest_key(
+                            [src], radix_select.kept_count(x.size, s)
+                        )
+                        thrs[j] = radix_select.key_to_magnitude(new_m[j], x.dtype)
+                    else:
+                        new_m[j], thrs[j] = masks_lib.magnitude_threshold(p[j], s, u[j])
                     continue
                 x = p[j] if u[j] is None else radix_select.added(p[j], u[j])
                 m, t = _per_slice(structs[i], axes[i])(x, s)
@@ -475,9 +517,21 @@ def magnitude_pruning(
                 [u_leaves[i] for i in idx] if recompute_from == "updated" else None,
                 sparsity,
             )
+            keyed = keyed_leaves(p_leaves, idx, scheds, structs, axes)
+
+            def key_mask(j: int, key: Array, idx: list[int] = idx) -> Array:
+                i = idx[j]
+                u = u_leaves[i] if recompute_from == "updated" else None
+                return masks_lib.mask_at_key(jnp.asarray(p_leaves[i]), u, key, axes[i])
+
             turns.append(
                 link_core.Turn(
-                    idx, should_prune, recompute_group(idx, scheds, structs, axes), operands
+                    idx,
+                    should_prune,
+                    recompute_group(idx, scheds, structs, axes, keyed),
+                    operands,
+                    keyed=keyed,
+                    key_mask=key_mask,
                 )
             )
         m_leaves, t_leaves = link_core.run_turns(
