@@ -197,13 +197,18 @@ def cond_outputs(tx, params):
 def test_bool_masks_leave_the_turn_as_keys(scope):
     # With bool masks, a turn returns one key per leaf (a vector for a leaf of ranked slices),
     # and the masks are compared outside the cond: no mask-sized array passes through it.
-    params = {f"k{i}": jax.random.normal(jax.random.key(i), (6, 5)) for i in range(4)}
-    params["stack"] = jax.random.normal(jax.random.key(9), (3, 8, 4))
-    params["big"] = jax.random.normal(jax.random.key(99), (70, 90))
+    # Leaves of 2**16 entries or more (smaller ones keep their masks in the cond).
+    params = {f"k{i}": jax.random.normal(jax.random.key(i), (256, 260)) for i in range(3)}
+    params["stack"] = jax.random.normal(jax.random.key(9), (3, 256, 100))
+    params["big"] = jax.random.normal(jax.random.key(99), (300, 250))
     sched = jp.constant_sparsity(0.6, begin_step=0, frequency=1)
     tx = jp.magnitude_pruning(sched, scope=scope, stacked_axes={"stack": 0})
     shapes = cond_outputs(tx, params)
     assert shapes and all(np.prod(s) <= 3 for s in shapes), shapes
+    # With a small leaf beside them, its mask (and only its) passes through the cond.
+    small = dict(params, small=jnp.arange(1.0, 31.0).reshape(6, 5))
+    big = [s for s in cond_outputs(tx, small) if np.prod(s) > 3]
+    assert big == [(6, 5)], big
     # Packed masks still pass through it as words, and both give the same masks.
     packed = jp.magnitude_pruning(
         sched, scope=scope, stacked_axes={"stack": 0}, mask_dtype="packed"

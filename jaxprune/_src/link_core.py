@@ -17,7 +17,8 @@ once:
    cond (an operand of a cond is a buffer of its own, so nothing is passed "just in case").
    A policy may give some masks in threshold form (``Turn.keyed``): the cond returns the k-th
    largest key of those leaves, and the mask ``key(w) >= kth`` is built outside it, where it
-   fuses into step 3 (:func:`jaxprune.magnitude_pruning` does, with bool masks);
+   fuses into step 3 (:func:`jaxprune.magnitude_pruning` does, with bool masks, for leaves of
+   2**16 entries or more);
 3. the updates become :math:`u_i` where the mask keeps entry ``i`` and :math:`-w_i` where it
    prunes it (:func:`zero_pruned`), packed masks unpacked where they
    are used so that XLA fuses the bit extraction into that update.

@@ -339,6 +339,13 @@ def layer_keys(
     return keys, thresholds
 
 
+def mask_from_key(x: Array, update: Array | None, key: Array, axis: int | None = None) -> Array:
+    """:func:`mask_at_key`, chunk by chunk on CPU for a whole leaf (``radix_select.at_least``)."""
+    if axis is not None:
+        return mask_at_key(x, update, key, axis)
+    return radix_select.at_least(radix_select.magnitude_source(x, key.dtype, update), key)
+
+
 def mask_at_key(x: Array, update: Array | None, key: Array, axis: int | None = None) -> Array:
     """``magnitude key of x (+ update) >= key``, elementwise, in ``key``'s key dtype.
 
