@@ -112,6 +112,14 @@ def cases(key: jax.Array, mask_dtype: str = "bool") -> list[Case]:
         Case("rigl", sparse(adam, jp.rigl(SPARSITY, **dst)), False, 1, 2, (2.0, 1.05)),
         Case("set", sparse(adam, jp.set_training(SPARSITY, **dst)), False, 1, 2, (2.0, 1.05)),
         Case(
+            "set current",
+            sparse(adam, jp.set_training(SPARSITY, recompute_from="current", **dst)),
+            False,
+            1,
+            2,
+            (2.0, 1.05),
+        ),
+        Case(
             "static_sparse",
             sparse(adam, jp.static_sparse(SPARSITY, key=key)),
             False,
@@ -120,6 +128,14 @@ def cases(key: jax.Array, mask_dtype: str = "bool") -> list[Case]:
             (None, 1.05),
         ),
         Case("magnitude_ste", sparse(adam, jp.magnitude_ste(sched)), True, 0, 1, (1.5, 1.05)),
+        Case(
+            "magnitude_ste current",
+            sparse(adam, jp.magnitude_ste(sched, recompute_from="current")),
+            True,
+            0,
+            1,
+            (1.5, 1.05),
+        ),
         Case(
             "random_ste",
             sparse(adam, jp.random_ste(sched, key=key)),

@@ -71,6 +71,21 @@ FACTORIES = {
         ),
         False,
     ),
+    # The reference's RigL (no update on turns) and SET ranking the weights before the update.
+    "rigl_skip": (
+        lambda: jp.sparse(
+            optax.adam(LR),
+            jp.rigl(0.5, key=KEY, update_every=2, end_step=4, skip_update_on_turn=True),
+        ),
+        False,
+    ),
+    "set_current": (
+        lambda: jp.sparse(
+            optax.adam(LR),
+            jp.set_training(0.5, key=KEY, update_every=2, end_step=4, recompute_from="current"),
+        ),
+        False,
+    ),
     "static": (lambda: jp.sparse(optax.adam(LR), jp.static_sparse(0.5, key=KEY)), False),
     "magnitude_ste": (lambda: jp.sparse(optax.adam(LR), jp.magnitude_ste(SCHEDULE)), True),
     "random_ste": (lambda: jp.sparse(optax.adam(LR), jp.random_ste(SCHEDULE, key=KEY)), True),
@@ -127,7 +142,7 @@ PACKED = {
 FACTORIES.update(PACKED)
 NAMES = list(FACTORIES)
 # Sparse from the first step: the run starts from the masked params.
-SPARSE_FROM_START = ("rigl", "set", "static", "rigl_packed")
+SPARSE_FROM_START = ("rigl", "set", "rigl_skip", "set_current", "static", "rigl_packed")
 
 
 def normal(seed, shape, scale=1.0):

@@ -208,19 +208,25 @@ def test_rigl_drop_and_grow_against_reference(skip):
     assert step._cache_size() == 1
 
 
-def test_set_grows_at_random_on_the_updated_weights():
+@pytest.mark.parametrize("recompute_from", ["updated", "current"])
+def test_set_grows_at_random_on_the_updated_weights(recompute_from):
     alpha, every, end = 0.45, 1, 100
     params = params_like(seed=5)
     lr = 0.05
-    tx = sparse(
-        optax.sgd(lr, momentum=0.9),
-        set_training(0.75, key=KEY, drop_fraction=alpha, update_every=every, end_step=end),
+    alg = set_training(
+        0.75,
+        key=KEY,
+        drop_fraction=alpha,
+        update_every=every,
+        end_step=end,
+        recompute_from=recompute_from,
     )
+    tx = sparse(optax.sgd(lr, momentum=0.9), alg)
     state = tx.init(params)
     params = masked_params(params, state)
     step = jax.jit(tx.update)
     k = ref_kept(128, 0.75)
-    grown_sets = []
+    grown_sets, differs = [], []
     for t in range(3):
         g = grads_like(params, 200 + t)
         before_state, before_params = state, params
@@ -239,7 +245,10 @@ def test_set_grows_at_random_on_the_updated_weights():
         wu = (w + u.astype(np.float32)).astype(np.float32)
         d = math.floor(ref_drop_fraction(t, alpha, end) * k)
         assert 0.01 < (ref_drop_fraction(t, alpha, end) * k) % 1 < 0.99
-        survive = ref_top(np.abs(wu), m_old, k - d)
+        # "updated" (default) ranks w + u; "current" ranks w, the weights before the update.
+        ranked = wu if recompute_from == "updated" else w
+        survive = ref_top(np.abs(ranked), m_old, k - d)
+        differs.append(not np.array_equal(survive, ref_top(np.abs(wu), m_old, k - d)))
         assert m_new.sum() == k and np.all(m_new[survive])
         grown = m_new & ~survive
         assert grown.sum() == d
@@ -250,6 +259,8 @@ def test_set_grows_at_random_on_the_updated_weights():
         np.testing.assert_allclose(w_new[survive], wu[survive], rtol=1e-6)
         assert np.all(np.asarray(state.inner[0].trace["dense"]["kernel"])[new] == 0.0)
     assert not np.array_equal(grown_sets[0], grown_sets[1])
+    if recompute_from == "current":
+        assert any(differs)  # ranking w + u instead would have dropped other weights
     assert step._cache_size() == 1
 
 
@@ -302,6 +313,18 @@ def test_bad_arguments(fn, kwargs, error, match):
     sparsity = args.pop("sparsity")
     with pytest.raises(error, match=match):
         fn(sparsity, **args)
+
+
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda: rigl(0.5, key=KEY, end_step=100, skip_update_on_turn=1), TypeError, "skip_upd"),
+        (lambda: set_training(0.5, key=KEY, end_step=100, recompute_from="x"), ValueError, "recom"),
+    ],
+)
+def test_bad_options(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
 
 
 def test_legacy_uint32_key_is_accepted():

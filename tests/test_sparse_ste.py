@@ -103,6 +103,30 @@ def test_ste_forward_sees_zeros_and_gradients_reach_pruned_weights():
     assert step._cache_size() == 1
 
 
+def test_magnitude_ste_current_ranks_the_weights_before_the_update():
+    params = make_params()
+    lr = 0.1
+    tx = sparse(optax.sgd(lr), magnitude_ste(EVERY_STEP, recompute_from="current"))
+    state = tx.init(params)
+    step = jax.jit(tx.update)
+    for t in range(3):
+        g = grads_like(params, 10 + t)
+        updates, state = step(g, state, params)
+        for u, gi in zip(jax.tree.leaves(updates), jax.tree.leaves(g)):
+            np.testing.assert_allclose(np.asarray(u), -lr * np.asarray(gi), rtol=1e-6)
+        # The masks rank the weights given to this update, not the ones it produces.
+        for m, w in zip(kernels(get_masks(state)), kernels(params)):
+            np.testing.assert_array_equal(m, ref_magnitude_mask(w, 0.75))
+        new = optax.apply_updates(params, updates)
+        if t == 0:  # the two rules differ on these weights
+            assert any(
+                not np.array_equal(ref_magnitude_mask(a, 0.75), ref_magnitude_mask(b, 0.75))
+                for a, b in zip(kernels(params), kernels(new))
+            )
+        params = new
+    assert step._cache_size() == 1
+
+
 def test_sr_ste_adds_decay_of_pruned_weights_to_the_gradient():
     params = make_params()
     lam, lr = 2e-2, 0.5
@@ -213,6 +237,7 @@ def test_movement_scores_accumulate_and_rank():
         (lambda: magnitude_ste(EVERY_STEP, sr_ste_lambda=-1.0), ValueError, "sr_ste_lambda"),
         (lambda: magnitude_ste(EVERY_STEP, sr_ste_lambda="x"), TypeError, "sr_ste_lambda"),
         (lambda: magnitude_ste(0.5), TypeError, "schedule"),
+        (lambda: magnitude_ste(EVERY_STEP, recompute_from="new"), ValueError, "recompute_from"),
         (lambda: random_ste(EVERY_STEP, key=None), ValueError, "key"),
         (lambda: saliency_pruning(EVERY_STEP, scope="net"), ValueError, "scope"),
         (lambda: movement_pruning(EVERY_STEP, scope="net"), ValueError, "scope"),

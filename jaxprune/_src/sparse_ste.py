@@ -165,11 +165,14 @@ def magnitude_ste(
     sr_ste_lambda: float = 0.0,
     structure: Any = None,
     prune: LeafRule | None = None,
+    recompute_from: str = "updated",
 ) -> SparseAlgorithm:
     r"""Straight-through magnitude masks, optionally with SR-STE's decay of pruned weights.
 
     On the schedule's turns the masks are recomputed from the dense weights this step produces,
-    :math:`w + u`, by the rule of :func:`jaxprune.magnitude_mask` at the schedule's sparsity.
+    :math:`w + u` (``recompute_from="updated"``, the default), or from the weights before this
+    step's update, :math:`w` (``"current"``), by the rule of :func:`jaxprune.magnitude_mask` at
+    the schedule's sparsity.
     The dense weights are kept: the forward pass uses :func:`jaxprune.masked_params`
     (:math:`m \odot w`), and the gradient of that loss with respect to :math:`w` reaches every
     weight (straight-through estimator). With SR-STE the inner optimizer receives
@@ -190,14 +193,18 @@ def magnitude_ste(
         when), :class:`jaxprune.BlockSparsity` or :class:`jaxprune.UnitSparsity`.
       prune: which leaves are masked: a regex searched in the leaf path or a predicate
         ``(path, leaf) -> bool``. Default: float leaves of rank >= 2 not named ``bias``.
+      recompute_from: ``"updated"`` (default): rank :math:`w + u`; ``"current"``: rank
+        :math:`w`, which does not wait for this step's update (see
+        ``docs/sparse-training.md`` for what each costs).
 
     Returns:
       A sparse-training algorithm for :func:`jaxprune.sparse`; its state is a
       ``SparseMaskState`` (all-``True`` masks until the first turn).
 
     Raises:
-      ValueError: for a negative or non-finite ``sr_ste_lambda``, or (at ``init``) a rule that
-        matches no leaf or a structure that does not fit a pruned leaf.
+      ValueError: for a negative or non-finite ``sr_ste_lambda``, an unknown
+        ``recompute_from``, or (at ``init``) a rule that matches no leaf or a structure that
+        does not fit a pruned leaf.
       TypeError: for a non-callable schedule, a non-numeric ``sr_ste_lambda`` or an unknown
         ``structure``.
 
@@ -223,9 +230,13 @@ def magnitude_ste(
     lam = _check_lambda(sr_ste_lambda)
     structure = _check_structure(structure, "layer")
     rule = spec.compile_rule(prune, "prune")
+    if recompute_from not in ("updated", "current"):
+        raise ValueError(
+            f"recompute_from must be one of ('updated', 'current'), got {recompute_from!r}"
+        )
 
     def recompute(plan: Any, state: Any, p: list, g: Any, u: Any) -> list[Array]:
-        del plan, g, u  # p: the weights this step produces (reads "updated_params")
+        del plan, g, u  # p: w + u with "updated_params" in reads, else w
         s = schedule(state.count)[1]
         m = list(jax.tree_util.tree_leaves(state.masks))
         idx = _pruned(m)
@@ -246,7 +257,7 @@ def magnitude_ste(
         init=_mask_init(rule, structure),
         turn=_turn(schedule),
         recompute=recompute,
-        reads=frozenset({"updated_params"}),
+        reads=frozenset({"updated_params"}) if recompute_from == "updated" else frozenset(),
         straight_through=True,
         adjust_grads=_sr_ste(lam),
     )
