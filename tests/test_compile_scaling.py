@@ -58,7 +58,11 @@ def test_magnitude_pruning_kernels_do_not_grow_with_leaves(scope, recompute_from
         optax.adam(1e-3),
         jp.magnitude_pruning(SCHEDULE, scope=scope, recompute_from=recompute_from),
     )
-    few, many = (distinct_kernels(compiled_step(tx, n)) for n in (4, 16))
+    # 4 and 64 leaves: a kernel per leaf would add 60. Between nearby sizes the count can move
+    # by one where XLA fuses the selection's small per-row kernels differently (4 leaves: 54,
+    # 16 leaves: 55, 64 leaves: 48 with recompute_from="updated", the rows counted in 11-bit
+    # and then 8-bit digits), which says nothing about growth with the number of leaves.
+    few, many = (distinct_kernels(compiled_step(tx, n)) for n in (4, 64))
     assert many <= few, (few, many)
 
 

@@ -362,14 +362,17 @@ def _histogram_select(
 ):
     nrows = k.shape[0]
     width = _hist_width(nrows, sum(p.size for p in parts))
+    nbits = 8 * ktype.itemsize
+    if -(-nbits // width) >= 3:
+        return _looped_select(parts, k, ktype, chunk, counts, width, arrays)
     prefix = None
-    for shift, w in _digits(8 * ktype.itemsize, width):
+    for shift, w in _digits(nbits, width):
         hist = jnp.zeros(((nrows << w) * _LANES,), jnp.int32)
         it = iter(arrays)
         for part in parts:
             own = [next(it) for _ in part.source.arrays]
             hist = _hist_pass(hist, part, own, shift, w, prefix, chunk)
-        hist = hist.reshape(-1, _LANES).sum(axis=1)
+        hist = hist.reshape(-1, _LANES).sum(axis=1, dtype=jnp.int32)
         digit, above = _pick_digits(hist, k, w)
         k = k - above
         prefix = digit.astype(ktype) if prefix is None else (prefix << w) | digit.astype(ktype)
@@ -377,6 +380,54 @@ def _histogram_select(
         return prefix
     # The last histogram counted the keys equal to the k-th in its bin, and what is left of k
     # is how many of those a top-k keeps: both come free with the selection.
+    ties = jnp.take_along_axis(hist.reshape(nrows, -1), digit[:, None], axis=1)[:, 0]
+    return prefix, k, ties
+
+
+def _looped_select(
+    parts: Sequence[Part],
+    k: Array,
+    ktype: jnp.dtype,
+    chunk: int | None,
+    counts: bool,
+    width: int,
+    arrays: Sequence[Array],
+):
+    """:func:`_histogram_select` with its passes in a ``fori_loop``: one compiled pass.
+
+    Every pass counts ``width``-bit digits (the key read as ``passes * width`` bits, the top
+    digit narrower), so the passes differ only in traced values (the shift, the prefix) and
+    XLA compiles their kernels once instead of once per pass: with many small rows (narrow
+    digits, three or four passes) the selection is the bulk of a pruned step's compile time.
+    """
+    nrows = k.shape[0]
+    passes = -(-8 * ktype.itemsize // width)
+    top = passes * width
+
+    def one_pass(p, carry):
+        prefix, k, _, _ = carry
+        shift = (top - (p + 1) * width).astype(ktype)
+        hist = jnp.zeros(((nrows << width) * _LANES,), jnp.int32)
+        it = iter(arrays)
+        for part in parts:
+            own = [next(it) for _ in part.source.arrays]
+            hist = _hist_pass(hist, part, own, shift, width, prefix, chunk)
+        hist = hist.reshape(-1, _LANES).sum(axis=1, dtype=jnp.int32)
+        digit, above = _pick_digits(hist, k, width)
+        prefix = (prefix << width) | digit.astype(ktype)
+        return prefix, (k - above).astype(jnp.int32), hist, digit.astype(jnp.int32)
+
+    # The prefix of no digits is 0, and every key shifted right by the whole key width is 0,
+    # so the first pass counts every key, as it must.
+    init = (
+        jnp.zeros((nrows,), ktype),
+        k.astype(jnp.int32),
+        jnp.zeros((nrows << width,), jnp.int32),
+        jnp.zeros((nrows,), jnp.int32),
+    )
+    prefix, k, hist, digit = lax.fori_loop(0, passes, one_pass, init)
+    if not counts:
+        return prefix
     ties = jnp.take_along_axis(hist.reshape(nrows, -1), digit[:, None], axis=1)[:, 0]
     return prefix, k, ties
 
