@@ -22,7 +22,8 @@ patterns of the magnitudes:
 Many leaves, each ranked on its own (per-layer pruning), share one selection
 (:func:`kth_largest_keys`): rows of one histogram of shape ``(rows, bins)``, narrower digits when
 there are many small rows, and one digit pick for all rows per pass, so a model with hundreds of
-pruned leaves does not compile hundreds of selections.
+pruned leaves does not compile hundreds of selections. With three or more passes the passes are
+one ``fori_loop`` (the shift and the prefix traced), so their kernels are compiled once.
 
 On GPU and TPU, where scatter-adds into many bins may serialise, the keys are counted without a
 scatter: per pass, ``#{keys >= c}`` for the 15 candidates ``c`` of the next 4-bit digit (eight
