@@ -17,7 +17,6 @@ from jaxprune._src import transform as transform_lib
 from jaxprune._src.base import Array, LeafRule, Masks, is_float_array
 
 _SCOPES = ("layer", "global")
-_RECOMPUTE_FROM = ("current", "updated")
 
 
 class ACDCState(NamedTuple):
@@ -150,8 +149,7 @@ def acdc(
     if scope not in _SCOPES:
         raise ValueError(f"scope must be one of {_SCOPES}, got {scope!r}")
     packed = packed_lib.check_mask_dtype(mask_dtype)
-    if recompute_from not in _RECOMPUTE_FROM:
-        raise ValueError(f"recompute_from must be one of {_RECOMPUTE_FROM}, got {recompute_from!r}")
+    validate.check_recompute_from(recompute_from)
     cycling = total - warmup - final
     if cycling < 0 or cycling % (2 * phase):
         cycles = max(cycling, 0) // (2 * phase)

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprune._src import radix_select as selection
+from jaxprune._src import validate
 from jaxprune._src.base import Array, LeafRule, Params
 from jaxprune._src.sparse_core import (
     SparseAlgorithm,
@@ -328,10 +329,7 @@ def set_training(
       sparse connectivity inspired by network science
       <https://www.nature.com/articles/s41467-018-04316-3>`_.
     """
-    if recompute_from not in ("updated", "current"):
-        raise ValueError(
-            f"recompute_from must be one of ('updated', 'current'), got {recompute_from!r}"
-        )
+    validate.check_recompute_from(recompute_from)
     return _dynamic(
         "set_training",
         sparsity,

@@ -31,6 +31,7 @@ import numpy as np
 from jaxprune._src import leaf_rules as spec
 from jaxprune._src import masks as masks_lib
 from jaxprune._src import radix_select as selection
+from jaxprune._src import validate
 from jaxprune._src.base import Array, LeafRule, Masks, Params
 from jaxprune._src.schedules import PruningSchedule
 from jaxprune._src.sparse_core import (
@@ -230,10 +231,7 @@ def magnitude_ste(
     lam = _check_lambda(sr_ste_lambda)
     structure = _check_structure(structure, "layer")
     rule = spec.compile_rule(prune, "prune")
-    if recompute_from not in ("updated", "current"):
-        raise ValueError(
-            f"recompute_from must be one of ('updated', 'current'), got {recompute_from!r}"
-        )
+    validate.check_recompute_from(recompute_from)
 
     def recompute(plan: Any, state: Any, p: list, g: Any, u: Any) -> list[Array]:
         del plan, g, u  # p: w + u with "updated_params" in reads, else w

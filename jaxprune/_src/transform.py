@@ -10,14 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxprune._src import leaf_rules, link_core, radix_select
+from jaxprune._src import leaf_rules, link_core, radix_select, validate
 from jaxprune._src import masks as masks_lib
 from jaxprune._src import packed as packed_lib
 from jaxprune._src.base import Array, ArrayLike, LeafRule, Masks, is_float_array
 from jaxprune._src.schedules import PruningSchedule
 
 _SCOPES = ("layer", "global")
-_RECOMPUTE_FROM = ("updated", "current")
 
 
 class MagnitudePruningState(NamedTuple):
@@ -371,8 +370,7 @@ def magnitude_pruning(
     _check_schedule(schedule, "schedule")
     if scope not in _SCOPES:
         raise ValueError(f"scope must be one of {_SCOPES}, got {scope!r}")
-    if recompute_from not in _RECOMPUTE_FROM:
-        raise ValueError(f"recompute_from must be one of {_RECOMPUTE_FROM}, got {recompute_from!r}")
+    validate.check_recompute_from(recompute_from)
     packed = packed_lib.check_mask_dtype(mask_dtype)
     rule = leaf_rules.compile_rule(prune, "prune")
     excluded = leaf_rules.compile_rule(exclude, "exclude")

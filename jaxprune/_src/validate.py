@@ -52,3 +52,13 @@ def check_fraction(value: Any, name: str, *, allow_one: bool = False, what: str 
     if not (0.0 <= v <= 1.0 if allow_one else 0.0 <= v < 1.0):
         raise ValueError(f"{name} must be in range {interval}, got {value!r}")
     return v
+
+
+RECOMPUTE_FROM = ("current", "updated")
+
+
+def check_recompute_from(value: Any) -> str:
+    """``recompute_from``: which weights a magnitude turn ranks, before or after the update."""
+    if not isinstance(value, str) or value not in RECOMPUTE_FROM:
+        raise ValueError(f"recompute_from must be one of {RECOMPUTE_FROM}, got {value!r}")
+    return value
