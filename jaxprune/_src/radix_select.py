@@ -358,6 +358,25 @@ def _hist_width(nrows: int, total: int) -> int:
     return 8
 
 
+def _count_digits(
+    parts: Sequence[Part],
+    arrays: Sequence[Array],
+    nrows: int,
+    shift: ArrayLike,
+    width: int,
+    prefix: Array | None,
+    chunk: int | None,
+) -> Array:
+    """One pass: the flat ``(rows, 2**width)`` histogram of the digit at ``shift`` of the keys
+    that share ``prefix`` (all keys for ``None``), over every part."""
+    hist = jnp.zeros(((nrows << width) * _LANES,), jnp.int32)
+    it = iter(arrays)
+    for part in parts:
+        own = [next(it) for _ in part.source.arrays]
+        hist = _hist_pass(hist, part, own, shift, width, prefix, chunk)
+    return hist.reshape(-1, _LANES).sum(axis=1, dtype=jnp.int32)
+
+
 def _histogram_select(
     parts: Sequence[Part], k: Array, ktype: jnp.dtype, chunk: int | None, counts: bool, *arrays
 ):
@@ -368,12 +387,7 @@ def _histogram_select(
         return _looped_select(parts, k, ktype, chunk, counts, width, arrays)
     prefix = None
     for shift, w in _digits(nbits, width):
-        hist = jnp.zeros(((nrows << w) * _LANES,), jnp.int32)
-        it = iter(arrays)
-        for part in parts:
-            own = [next(it) for _ in part.source.arrays]
-            hist = _hist_pass(hist, part, own, shift, w, prefix, chunk)
-        hist = hist.reshape(-1, _LANES).sum(axis=1, dtype=jnp.int32)
+        hist = _count_digits(parts, arrays, nrows, shift, w, prefix, chunk)
         digit, above = _pick_digits(hist, k, w)
         k = k - above
         prefix = digit.astype(ktype) if prefix is None else (prefix << w) | digit.astype(ktype)
@@ -408,12 +422,7 @@ def _looped_select(
     def one_pass(p, carry):
         prefix, k, _, _ = carry
         shift = (top - (p + 1) * width).astype(ktype)
-        hist = jnp.zeros(((nrows << width) * _LANES,), jnp.int32)
-        it = iter(arrays)
-        for part in parts:
-            own = [next(it) for _ in part.source.arrays]
-            hist = _hist_pass(hist, part, own, shift, width, prefix, chunk)
-        hist = hist.reshape(-1, _LANES).sum(axis=1, dtype=jnp.int32)
+        hist = _count_digits(parts, arrays, nrows, shift, width, prefix, chunk)
         digit, above = _pick_digits(hist, k, width)
         prefix = (prefix << width) | digit.astype(ktype)
         return prefix, (k - above).astype(jnp.int32), hist, digit.astype(jnp.int32)

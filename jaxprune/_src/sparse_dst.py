@@ -330,17 +330,8 @@ def set_training(
       <https://www.nature.com/articles/s41467-018-04316-3>`_.
     """
     validate.check_recompute_from(recompute_from)
-    return _dynamic(
-        "set_training",
-        sparsity,
-        key,
-        drop_fraction,
-        update_every,
-        end_step,
-        prune,
-        "random",
-        recompute_from=recompute_from,
-    )
+    args = (sparsity, key, drop_fraction, update_every, end_step, prune)
+    return _dynamic("set_training", *args, "random", recompute_from=recompute_from)
 
 
 def rigl(
@@ -422,17 +413,8 @@ def rigl(
     """
     if not isinstance(skip_update_on_turn, bool):
         raise TypeError(f"skip_update_on_turn must be a bool, got {skip_update_on_turn!r}")
-    return _dynamic(
-        "rigl",
-        sparsity,
-        key,
-        drop_fraction,
-        update_every,
-        end_step,
-        prune,
-        "gradient",
-        skip_update_on_turn,
-    )
+    args = (sparsity, key, drop_fraction, update_every, end_step, prune)
+    return _dynamic("rigl", *args, "gradient", skip_update_on_turn=skip_update_on_turn)
 
 
 __all__ = ["static_sparse", "set_training", "rigl"]
