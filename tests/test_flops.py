@@ -662,6 +662,56 @@ def test_weight_and_channel_masks_combine():
     assert float(got) == pytest.approx(float(without) - (1 - density) * dot3, rel=1e-6)
 
 
+def test_weight_masks_reach_scanned_layers():
+    # Layers stacked for lax.scan, each with its own mask: the count is the sum of the unrolled
+    # layers' counts, each with its own density; a weight the body reads as a constant too.
+    layers, width = 4, 8
+    rng = np.random.default_rng(1)
+    stack = jnp.asarray(rng.standard_normal((layers, width, width)), jnp.float32)
+    shared = jnp.asarray(rng.standard_normal((width, width)), jnp.float32)
+    m_stack = jnp.asarray(
+        rng.random((layers, width, width)) < np.linspace(0.1, 0.9, layers)[:, None, None]
+    )
+    m_shared = jnp.asarray(rng.random((width, width)) < 0.3)
+    x = jnp.ones((3, width))
+
+    def scanned(p, x):
+        def body(h, w):
+            return jnp.tanh(h @ w) @ p["shared"], None
+
+        return lax.scan(body, x, p["stack"])[0]
+
+    def one_layer(p, x):
+        return jnp.tanh(x @ p["w"]) @ p["shared"]
+
+    params = {"stack": stack, "shared": shared}
+    got = count_flops(
+        scanned, params, x, weight_masks=({"stack": m_stack, "shared": m_shared}, None)
+    )
+    want = sum(
+        float(
+            count_flops(
+                one_layer,
+                {"w": stack[i], "shared": shared},
+                x,
+                weight_masks=({"w": m_stack[i], "shared": m_shared}, None),
+            )
+        )
+        for i in range(layers)
+    )
+    assert float(got) == pytest.approx(want, rel=1e-6)
+    dense = count_flops(scanned, params, x)
+    assert float(got) < 0.7 * float(dense)
+    # A mask that reaches no contraction inside the body is still reported.
+    with pytest.raises(ValueError, match="bias"):
+        count_flops(
+            lambda p, x: lax.scan(lambda h, b: (h + b[None], None), x, p["bias"])[0],
+            {"bias": jnp.ones((2, width))},
+            x,
+            weight_masks=({"bias": jnp.ones((2, width))}, None),
+        )
+
+
 # ---------------------------------------------------------------------------
 # Bad masks.
 

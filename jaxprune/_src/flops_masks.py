@@ -85,7 +85,7 @@ class Node:
 class Graph:
     """A jaxpr with its calls (jit, custom_jvp/vjp, remat, ...) inlined."""
 
-    def __init__(self, closed):
+    def __init__(self, closed, prefix: str = ""):
         self.nodes: list[Node] = []
         self.shapes: list[tuple[int, ...]] = []
         self.names: dict[Any, str] = {}
@@ -97,7 +97,7 @@ class Graph:
         for v in jaxpr.invars:
             env[v] = self._new(v)
             self.inputs.append(env[v])
-        self._flatten(jaxpr, env, "", set(jaxpr.constvars))
+        self._flatten(jaxpr, env, prefix, set(jaxpr.constvars))
         self.outputs = [env.get(v, v) if not isinstance(v, Literal) else v for v in jaxpr.outvars]
 
     def _new(self, var) -> int:
@@ -575,6 +575,7 @@ def pruned_rows(
     masks: dict[int, tuple[jax.Array, str]],
     densities: dict[int, tuple[Any, str]],
     unknown: list | None = None,
+    prefix: str = "",
 ) -> dict[tuple[str, str], Any]:
     """Pruned cost per (module, primitive), as jnp scalars of the masks.
 
@@ -588,7 +589,7 @@ def pruned_rows(
         every equation whose cost is unknown (a loop with a dynamic trip count,
         an opaque call, a primitive without a rule).
     """
-    graph = Graph(closed)
+    graph = Graph(closed, prefix)
     mask_ids = {}
     values = []
     for k, (pos, (value, name)) in enumerate(sorted(masks.items())):
@@ -603,16 +604,20 @@ def pruned_rows(
             producer[o] = node
     matched = set()
 
-    def density(v):
+    def density_entry(v):
         while not isinstance(v, Literal):
             if v in density_of:
                 matched.add(v)
-                return density_of[v][0]
+                return density_of[v]
             node = producer.get(v)
             if node is None or node.name not in _WEIGHT_PATH:
                 return None
             v = node.ins[0]
         return None
+
+    def density(v):
+        entry = density_entry(v)
+        return None if entry is None else entry[0]
 
     rows: dict[tuple[str, str], Any] = {}
     for node in state.nodes:
@@ -621,6 +626,22 @@ def pruned_rows(
         if node.outs and node.outs[0] in state.derived:
             continue  # broadcasting or converting a mask is bookkeeping
         rule = rules.get(node.name)
+        if node.name == "scan" and not any(v in state.derived for v in node.ins):
+            # A masked weight that enters a scan (stacked along the scanned axis, or a
+            # constant of the body): the body is counted with the weight's density, times the
+            # scan's length. Every iteration's dense cost is the same and a contraction's cost
+            # is linear in the density, so the mean density over the stacked slices is exact.
+            inner = {}
+            for pos, v in enumerate(node.ins):
+                entry = density_entry(v)
+                if entry is not None:
+                    inner[pos] = entry
+            if inner:
+                body = node.eqn.params["jaxpr"]
+                got = pruned_rows(body, rules, walker, {}, inner, unknown, node.module)
+                for key, f in got.items():
+                    rows[key] = rows.get(key, 0) + f * node.eqn.params["length"]
+                continue
         if rule is None:
             tally = flops_walk.Tally()
             outs = [True] * len(node.outs)
