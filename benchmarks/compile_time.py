@@ -145,7 +145,9 @@ def run(
         # The window begins at step 1: count 0 does not prune, count 1 does (one executable).
         schedule = jp.constant_sparsity(SPARSITY, begin_step=1, frequency=1)
         axes = {"kernel": 0} if stacked else None
-        pruning = jp.magnitude_pruning(schedule, scope=scope, stacked_axes=axes)
+        # The kernels only: stacked, the biases are rank-2 leaves that the default rule
+        # would prune too, unlike the flat model's rank-1 biases.
+        pruning = jp.magnitude_pruning(schedule, scope=scope, stacked_axes=axes, prune="kernel")
         tx = optax.chain(optax.adam(1e-3), pruning)
         state = tx.init(params)
         idle, prune = set_count(state, 0), set_count(state, 1)
