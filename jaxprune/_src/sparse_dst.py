@@ -297,8 +297,8 @@ def set_training(
         float leaves of rank >= 2 not named ``bias``.
       recompute_from: ``"updated"`` (default): the drop ranks :math:`w + u`, as above;
         ``"current"``: it ranks :math:`w`, the weights before this step's update, so the turn
-        does not compute the inner update a second time (a turn of the benchmark MLP: 2.05x a
-        plain Adam step against 2.51x, ``docs/sparse-training.md``).
+        does not compute the inner update a second time (a turn of the benchmark MLP: 1.81-2.05x
+        a plain Adam step against 2.38-2.51x, ``docs/sparse-training.md``).
 
     Returns:
       A sparse-training algorithm for :func:`jaxprune.sparse`.
