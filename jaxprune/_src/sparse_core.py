@@ -309,9 +309,8 @@ def sparse(
             # of fusing the optimizer's arithmetic into optax.apply_updates. An algorithm that
             # ranks the updates gets them computed again inside the branch, from the same
             # inputs (the same values); a step that is not a turn costs a copy of the masks.
-            def on_turn(st, p_read, u):
-                if u is None and "updates" in alg.reads:
-                    u = inner_update(state.inner)[0]
+            def on_turn(st, p_read):
+                u = inner_update(state.inner)[0] if "updates" in alg.reads else None
                 g = g_leaves if "grads" in alg.reads else None
                 got = list(alg.recompute(plan, st, p_read, g, u))
                 if packed:
@@ -320,11 +319,11 @@ def sparse(
 
             in_words = words
 
-            def off_turn(st, p_read, u):
+            def off_turn(st, p_read):
                 return list(in_words) if packed else list(treedef.flatten_up_to(st.masks))
 
-            def new_masks(p_read, u):
-                out = lax.cond(turn, on_turn, off_turn, astate, p_read, u)
+            def new_masks(p_read):
+                out = lax.cond(turn, on_turn, off_turn, astate, p_read)
                 return out, [packed_lib.as_bool(m) for m in out] if packed else out
 
             if alg.regrows:
@@ -334,7 +333,7 @@ def sparse(
                 # gradients that is 0 at 0: momentum, Adam, RMSProp, ...). Zeroing the state
                 # the optimizer returns instead would select between two versions of each
                 # moment, which XLA computes twice and copies (benchmarks/state_select.py).
-                words, new_m = new_masks(p_leaves, None)
+                words, new_m = new_masks(p_leaves)
                 grown = [None] * len(p_leaves)
                 for i in pruned:
                     grown[i] = new_m[i] & ~m_leaves[i]
@@ -352,7 +351,7 @@ def sparse(
                         jnp.asarray(w + u).astype(jnp.asarray(w).dtype)
                         for w, u in zip(p_leaves, u_leaves)
                     ]
-                words, new_m = new_masks(p_read, None)
+                words, new_m = new_masks(p_read)
                 inner_in = state.inner
             if alg.skip_update_on_turn:
                 # On a turn the inner update is skipped: its state kept (newly grown entries
