@@ -87,9 +87,9 @@ def n_params(tree) -> int:
     return sum(int(np.size(x)) for x in jax.tree.leaves(tree))
 
 
-def train(model, variables, x, y, steps, seed):
-    tx = optax.adam(3e-3)
-    opt = tx.init(variables["params"])
+def batch_norm_step(model, tx):
+    """A jitted train step of a linen classifier with batch norm (``train=True``):
+    ``(params, stats, opt, x, y) -> (params, stats, opt, loss)``."""
 
     @jax.jit
     def step(params, stats, opt, xb, yb):
@@ -99,15 +99,22 @@ def train(model, variables, x, y, steps, seed):
             )
             return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean(), new
 
-        (_, new), g = jax.value_and_grad(loss, has_aux=True)(params)
+        (value, new), g = jax.value_and_grad(loss, has_aux=True)(params)
         updates, opt = tx.update(g, opt, params)
-        return optax.apply_updates(params, updates), new["batch_stats"], opt
+        return optax.apply_updates(params, updates), new["batch_stats"], opt, value
 
+    return step
+
+
+def train(model, variables, x, y, steps, seed):
+    tx = optax.adam(3e-3)
+    opt = tx.init(variables["params"])
+    step = batch_norm_step(model, tx)
     rng = np.random.default_rng(seed)
     params, stats = variables["params"], variables["batch_stats"]
     for _ in range(steps):
         idx = rng.integers(0, len(x), 64)
-        params, stats, opt = step(params, stats, opt, x[idx], y[idx])
+        params, stats, opt, _ = step(params, stats, opt, x[idx], y[idx])
     return {"params": params, "batch_stats": stats}
 
 

@@ -12,6 +12,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 # Grouped-query attention whose key and value widths are separate fields of one size.
+from test_examples import _load as load_example
 from test_structural_transformer import Block
 
 import jaxprune as jp
@@ -69,21 +70,11 @@ def test_smaller_linen_model_trains_and_checkpoints(tmp_path):
     params, stats = small["params"], small["batch_stats"]
     opt = tx.init(params)
 
-    @jax.jit
-    def step(params, stats, opt):
-        def loss(p):
-            logits, new = small_model.apply(
-                {"params": p, "batch_stats": stats}, x, train=True, mutable=["batch_stats"]
-            )
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new
-
-        (value, new), g = jax.value_and_grad(loss, has_aux=True)(params)
-        updates, opt = tx.update(g, opt, params)
-        return optax.apply_updates(params, updates), new["batch_stats"], opt, value
-
+    # The train step of examples/compact_cnn.py, on the rebuilt module.
+    step = load_example("compact_cnn").batch_norm_step(small_model, tx)
     losses = []
     for _ in range(5):
-        params, stats, opt, value = step(params, stats, opt)
+        params, stats, opt, value = step(params, stats, opt, x, y)
         losses.append(float(value))
     assert losses[-1] < losses[0]
     trained = {"params": params, "batch_stats": stats}
