@@ -8,7 +8,11 @@ last in the chain is compared with the same step without pruning, in one process
   compilation), the median of ``--compiles`` fresh compilations each, as the ratio pruned /
   plain (target <= 2 for per-layer pruning);
 * step time: the compiled steps run interleaved, on a step where the schedule prunes and on one
-  where it does not, as the median of per-repetition ratios pruned / plain.
+  where it does not, as the median of per-repetition ratios pruned / plain. A control runs with
+  them: the plain step that also returns, unchanged, as many arrays as the pruning link's state
+  holds (a mask and a threshold per leaf). Each output of a jitted call is a buffer that the
+  runtime creates, so with hundreds of small leaves the control shows what the state's arrays
+  alone cost, whatever the step computes.
 
 Every pruned step is checked to reach the schedule's sparsity on the pruning step.
 
@@ -95,6 +99,16 @@ def make_step(tx: optax.GradientTransformation):
     return step
 
 
+def make_carry_step(tx: optax.GradientTransformation):
+    """The plain step that also takes ``extra`` arrays and returns them unchanged."""
+    step = make_step(tx)
+
+    def carry_step(params, opt_state, x, extra):
+        return *step(params, opt_state, x), extra
+
+    return carry_step
+
+
 def compile_seconds(step, args, repeats: int) -> tuple[float, object]:
     """Median seconds to trace, lower and compile ``step`` from scratch; and the executable."""
     times, compiled = [], None
@@ -155,8 +169,14 @@ def run(
         got = kernel_sparsity(exe(params, prune, x)[0])
         if abs(got - SPARSITY) > 0.01 or kernel_sparsity(exe(params, idle, x)[0]) > 0.01:
             raise RuntimeError(f"{scope}: the pruned step does not prune as scheduled ({got})")
+        # A control: the plain step that also takes and returns, unchanged, as many arrays as
+        # the pruning link adds to the optimizer state. Every output of a jitted call is a
+        # buffer of its own, and with hundreds of small leaves that per-array cost shows.
+        extra = jax.tree.leaves(state[1])
+        carry = jax.jit(make_carry_step(plain_tx)).lower(*plain_args, extra).compile()
         candidates = {
             "plain": lambda: plain_exe(*plain_args),
+            "carry": lambda carry=carry, extra=extra: carry(*plain_args, extra),
             "idle": lambda exe=exe, idle=idle: exe(params, idle, x),
             "prune": lambda exe=exe, prune=prune: exe(params, prune, x),
         }
@@ -165,7 +185,7 @@ def run(
             jax.block_until_ready(fn())
         names = list(candidates)
         for r in range(reps):
-            for name in names[r % 3 :] + names[: r % 3]:
+            for name in names[r % len(names) :] + names[: r % len(names)]:
                 t0 = time.perf_counter()
                 jax.block_until_ready(candidates[name]())
                 times[name].append(time.perf_counter() - t0)
@@ -177,7 +197,8 @@ def run(
             f"scope={scope:6s} compile {seconds:6.2f} s / {plain_compile:.2f} s = "
             f"{seconds / plain_compile:5.2f}x   non-pruning step {ratio('idle'):5.2f}x   "
             f"pruning step {ratio('prune'):5.2f}x   (plain step "
-            f"{statistics.median(times['plain']) * 1e3:.2f} ms)"
+            f"{statistics.median(times['plain']) * 1e3:.2f} ms; the plain step returning "
+            f"{len(extra)} more arrays, as many as the pruning state has: {ratio('carry'):.2f}x)"
         )
         print("  " + lines[-1], flush=True)
     return lines
