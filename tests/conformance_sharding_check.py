@@ -1,10 +1,14 @@
 """Run by tests/test_conformance.py with 8 fake CPU devices: sharded == one device.
 
-Every transformation of the conformance table runs its four updates with params sharded over
-a 2x4 mesh (kernels along their output axis, model-parallel) and on one device; params and masks
-must agree. Fisher pruning's channel masks and signals are sharded like the channels they
-mask (d0's outputs, along "model"). Importing this module does nothing; it runs as a script.
+Every transformation of the conformance table (or every ``parts``-th one from the ``part``-th
+on, with ``python conformance_sharding_check.py part parts``) runs its four updates with params
+sharded over a 2x4 mesh (kernels along their output axis, model-parallel) and on one device;
+params and masks must agree. Fisher pruning's channel masks and signals are sharded like the
+channels they mask (d0's outputs, along "model"). Importing this module does nothing; it runs
+as a script.
 """
+
+import sys
 
 import jax
 import numpy as np
@@ -13,15 +17,17 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 
-def main():
+def main(part: int = 0, parts: int = 1):
+    """Checks every ``parts``-th transformation of the table, from the ``part``-th on."""
     assert jax.device_count() == 8, jax.devices()
+    chosen = set((tc.NAMES + tc.FISHER_NAMES)[part::parts])
     mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("data", "model"))
     specs = {
         "d0": {"kernel": P(None, "model"), "bias": P("model")},
         "d1": {"kernel": P("model", None), "bias": P()},
     }
     shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
-    for name in tc.NAMES:
+    for name in [n for n in tc.NAMES if n in chosen]:
         tx, step, (params, state), trajectory = tc.case(name)
         params = jax.device_put(params, shardings)
         state = tx.init(params) if name not in tc.SPARSE_FROM_START else state
@@ -31,7 +37,7 @@ def main():
         tc.assert_trees_equal(tc.jp.get_masks(state), tc.jp.get_masks(trajectory[-1][1]))
         print(f"{name}: sharded == one device", flush=True)
     channels = NamedSharding(mesh, P("model"))
-    for name in tc.FISHER_NAMES:
+    for name in [n for n in tc.FISHER_NAMES if n in chosen]:
         tx, step, _, trajectory = tc.fisher_case(name)
         params = jax.device_put(tc.init_params(), shardings)
         state = tx.init(params)
@@ -53,4 +59,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(*(int(a) for a in sys.argv[1:3]))
