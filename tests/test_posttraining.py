@@ -1,6 +1,7 @@
 """Tests for one-shot post-training pruning: Wanda, SparseGPT, OWL and the model runner."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -819,16 +820,25 @@ def test_runner_progress_bar(monkeypatch):
         prune_oneshot(_MLP().apply, params, batches, method="wanda", mesh=jax.devices())
 
 
-def test_runner_data_parallel_equals_one_device():
-    """8 fake devices in a process of their own (XLA_FLAGS is read when jax is imported)."""
+ONESHOT_SHARDED_PARTS = 2
+
+
+@pytest.mark.parametrize("part", range(ONESHOT_SHARDED_PARTS))
+def test_runner_data_parallel_equals_one_device(part):
+    """8 fake devices in a process of their own (XLA_FLAGS is read when jax is imported).
+
+    The script's four cases in two processes, two each, so that the halves run side by side.
+    """
     script = Path(__file__).with_name("oneshot_sharding_check.py")
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     result = subprocess.run(
-        [sys.executable, "-W", "error", str(script)],
+        [sys.executable, "-W", "error", str(script), str(part), str(ONESHOT_SHARDED_PARTS)],
         capture_output=True,
         text=True,
         env=env,
         timeout=900,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    checked = re.search(r"(\d+) cases of (\d+) checked", result.stdout)
+    assert checked and int(checked[1]) == len(range(int(checked[2]))[part::ONESHOT_SHARDED_PARTS])
     assert "oneshot sharding check passed" in result.stdout
