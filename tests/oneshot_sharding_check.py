@@ -93,7 +93,7 @@ def compare(name, got, want):
 
 
 def main(part: int = 0, parts: int = 1):
-    """Checks every ``parts``-th case from the ``part``-th on (the last check in part 0)."""
+    """Checks every ``parts``-th case from the ``part``-th on; part 0 also checks a bad batch."""
     assert jax.device_count() == 8, jax.devices()
     devices = np.array(jax.devices())
     flat = Mesh(devices, ("data",))
