@@ -2,7 +2,8 @@
 
 A jitted training step with magnitude pruning, per layer and global, data-parallel (batch
 sharded) and model-parallel (kernels sharded over a mesh axis), must give the same masks and
-params as the same step on one device, and the masks must carry their params' sharding.
+params as the same step on one device, and the masks must carry their params' sharding. N:M
+masks of a leaf split along either axis are computed without gathering it.
 """
 
 import os
@@ -82,6 +83,23 @@ def check_no_gather(mesh, model_parallel):
         print(f"{name}: no all-gather, histograms all-reduced")
 
 
+def check_nm_no_gather(mesh):
+    """N:M masks of a leaf split along either axis: no gather, and the masks of one device."""
+    plain = init_params()
+    structure = jp.NMSparsity(2, 4)  # groups along axis -2, the default
+    tx = jp.magnitude_pruning(jp.constant_sparsity(0.5, frequency=1), structure=structure)
+    _, want = tx.update(plain, tx.init(plain), plain)
+    for spec in (P("model", None), P(None, "model")):
+        params = {**plain, "w2": jax.device_put(plain["w2"], NamedSharding(mesh, spec))}
+        state = tx.init(params)
+        update = jax.jit(tx.update)
+        hlo = update.lower(params, state, params).compile().as_text()
+        assert "all-gather(" not in hlo, f"N:M masks with w2 on {spec} gather:\n{hlo}"
+        _, state = update(params, state, params)
+        np.testing.assert_array_equal(state.masks["w2"], want.masks["w2"])
+        print(f"N:M masks, w2 split as {spec}: no all-gather, masks equal to one device")
+
+
 def check_explicit_axes():
     """On a mesh with Explicit axes (jax.make_mesh's default) masks equal the unsharded ones."""
     mesh = jax.make_mesh((2, 4), ("data", "model"))
@@ -112,6 +130,7 @@ def main():
     }
     data_parallel = NamedSharding(mesh, P("data", None))
     check_no_gather(mesh, model_parallel)
+    check_nm_no_gather(mesh)
     check_explicit_axes()
     for scope in ("layer", "global"):
         ref_params, ref_masks = run(scope)

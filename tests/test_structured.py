@@ -350,6 +350,24 @@ def test_property_nm_exact_counts(x, nm):
         assert np.all(kept_min >= pruned_max)
 
 
+@pytest.mark.parametrize("m", [2, 4, 8, 16, 32, 33, 64])
+def test_nm_both_ranking_paths_equal_the_reference(m, monkeypatch):
+    """Groups of up to 32 are ranked by comparisons, larger ones with lax.top_k: both exact."""
+    rng = np.random.default_rng(m)
+    # Few distinct values: many ties inside each group; a partial last group.
+    x = rng.choice(np.array([0.0, -0.0, 1.0, -1.0, 2.5, 7.0], np.float32), size=(2 * m + 3, 3))
+    for n in sorted({1, m // 2, m - 1} - {0}):
+        want = reference_nm(x, n, m, 0)
+        got = np.asarray(nm_mask(x, n, m, axis=0))
+        np.testing.assert_array_equal(got, want)
+        # The other path, forced (traced afresh: the limit is read when tracing), agrees.
+        other = 0 if m <= structured._NM_COMPARE_MAX else 64
+        monkeypatch.setattr(structured, "_NM_COMPARE_MAX", other)
+        forced = structured._nm_mask.__wrapped__(jnp.asarray(x), n, m, 0)
+        np.testing.assert_array_equal(np.asarray(forced), want)
+        monkeypatch.undo()
+
+
 # ----- units -----
 
 

@@ -14,8 +14,10 @@ Three ways to prune weights in groups instead of one by one:
 
 Blocks and units rank their scores with the exact radix select of
 :mod:`jaxprune._src.radix_select`, never a sort. N:M needs the n-th largest of every small group
-of ``m``: it takes the group's n-th largest key with ``lax.top_k`` over the last axis (only its
-value is used) and breaks ties by index explicitly, so the result does not depend on how a
+of ``m``: for groups of up to 32 entries each entry is ranked within its group by comparisons
+with the others (elementwise, so a sharded leaf is ranked where it lies, with no gather), and
+for larger groups the n-th largest key comes from ``lax.top_k`` over the last axis (only its
+value is used). Ties are broken by index explicitly, so the result does not depend on how a
 backend orders equal keys. All masks are exact and deterministic with and without ``jit``.
 """
 
@@ -396,6 +398,11 @@ def nm_mask(x: ArrayLike, n: int, m: int, *, axis: int = -2) -> Array:
     return _nm_mask(x, n, m, axis)
 
 
+# Groups up to this size rank their entries by pairwise comparisons (m per entry); larger ones
+# take the n-th largest key with lax.top_k.
+_NM_COMPARE_MAX = 32
+
+
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
 def _nm_mask(x: Array, n: int, m: int, axis: int) -> Array:
     keys = jnp.moveaxis(radix_select.magnitude_keys(x), axis, -1)
@@ -405,12 +412,23 @@ def _nm_mask(x: Array, n: int, m: int, axis: int) -> Array:
     # so the lower-index-first tie rule never keeps one in place of a real entry.
     keys = jnp.pad(keys, [(0, 0)] * (keys.ndim - 1) + [(0, groups * m - length)])
     keys = keys.reshape(*keys.shape[:-1], groups, m)
-    nth = lax.top_k(keys, n)[0][..., n - 1 : n]  # the n-th largest key of each group
-    above = keys > nth
-    tied = keys == nth
-    # Of the entries tied at the n-th key, keep the first (n - #above) by index.
-    room = n - jnp.sum(above, axis=-1, keepdims=True, dtype=jnp.int32)
-    keep = above | (tied & (jnp.cumsum(tied, axis=-1, dtype=jnp.int32) <= room))
+    if m <= _NM_COMPARE_MAX:
+        # An entry's rank in its group: the entries with a larger key, plus the equal ones at a
+        # lower index. The n of rank below n are kept: the n largest, ties by index. Only
+        # elementwise comparisons within a group, which XLA partitions without moving data
+        # (lax.top_k on a sharded array gathers it).
+        other, this = keys[..., None, :], keys[..., :, None]
+        before = np.arange(m)[None, :] < np.arange(m)[:, None]  # [i, j]: j < i
+        before = jnp.asarray(before).reshape((1,) * (keys.ndim - 1) + (m, m))
+        ahead = (other > this) | ((other == this) & before)
+        keep = jnp.sum(ahead, axis=-1, dtype=jnp.int32) < n
+    else:
+        nth = lax.top_k(keys, n)[0][..., n - 1 : n]  # the n-th largest key of each group
+        above = keys > nth
+        tied = keys == nth
+        # Of the entries tied at the n-th key, keep the first (n - #above) by index.
+        room = n - jnp.sum(above, axis=-1, keepdims=True, dtype=jnp.int32)
+        keep = above | (tied & (jnp.cumsum(tied, axis=-1, dtype=jnp.int32) <= room))
     keep = keep.reshape(*keep.shape[:-2], groups * m)[..., :length]
     return jnp.moveaxis(keep, -1, axis)
 
