@@ -6,7 +6,10 @@ compiled before timing, interleaved over repetitions:
 
 * baseline: ``X @ W``, one matmul of the calibration inputs with the layer;
 * ``hessian``: :func:`hessian_from_inputs` (``2/N · XᵀX`` in float32);
-* ``sparsegpt``: :func:`sparsegpt_prune` at 50% sparsity from that Hessian, and with ``2:4``.
+* ``sparsegpt``: :func:`sparsegpt_prune` at 50% sparsity from that Hessian, and with ``2:4``;
+* ``wanda_mask`` at 50% and ``2:4`` (the input norms of the same inputs), and Wanda's 50% mask
+  by two stable argsorts per output column, as jaxprune computed it before (the masks are
+  checked to be equal).
 
 All products use ``lax.Precision.HIGHEST`` (SparseGPT always does; the baseline too, so that
 the ratio compares like with like). Printed: median milliseconds and the median over the
@@ -43,8 +46,16 @@ import numpy as np
 from jax import lax
 
 from jaxprune._src import posttraining_runner
-from jaxprune._src.posttraining import hessian_from_inputs, sparsegpt_prune
+from jaxprune._src.posttraining import hessian_from_inputs, sparsegpt_prune, wanda_mask
 from jaxprune._src.posttraining_runner import prune_oneshot
+
+
+def wanda_by_argsort(w: jax.Array, norms: jax.Array) -> jax.Array:
+    """Wanda's 50% mask as jaxprune computed it before 2026-12-03: two stable argsorts per
+    output column (the rank of every score), for comparison."""
+    scores = jnp.abs(w) * norms[:, None]
+    order = jnp.argsort(scores, axis=0, stable=True)
+    return jnp.argsort(order, axis=0, stable=True) >= w.shape[0] // 2
 
 
 def run(d: int, samples: int, tokens: int, reps: int) -> list[tuple[str, float, float]]:
@@ -61,10 +72,19 @@ def run(d: int, samples: int, tokens: int, reps: int) -> list[tuple[str, float, 
         "sparsegpt_prune 50%": jax.jit(lambda w, h: sparsegpt_prune(w, h, 0.5)).__call__,
         "sparsegpt_prune 2:4": jax.jit(lambda w, h: sparsegpt_prune(w, h, n_m=(2, 4))).__call__,
     }
+    norms = jnp.linalg.norm(x, axis=0)
+    candidates["wanda_mask 50%"] = jax.jit(lambda w, n: wanda_mask(w, n, 0.5)).__call__
+    candidates["wanda_mask 2:4"] = jax.jit(lambda w, n: wanda_mask(w, n, n_m=(2, 4))).__call__
+    candidates["wanda 50% by argsort (before)"] = jax.jit(wanda_by_argsort).__call__
     args = {"sparsegpt_prune 50%": (w, h), "sparsegpt_prune 2:4": (w, h)}
+    for name in ("wanda_mask 50%", "wanda_mask 2:4", "wanda 50% by argsort (before)"):
+        args[name] = (w, norms)
     names = list(candidates)
     for name in names:  # compile and warm up
         jax.block_until_ready(candidates[name](*args.get(name, ())))
+    now = candidates["wanda_mask 50%"](w, norms)
+    if not bool(jnp.all(now == candidates["wanda 50% by argsort (before)"](w, norms))):
+        raise RuntimeError("wanda_mask and the argsort ranks give different masks")
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(reps):
         order = names[r % len(names) :] + names[: r % len(names)]

@@ -147,6 +147,32 @@ def test_wanda_ties_lower_index_pruned_first():
     assert mask[:, 1].tolist() == [False, False, True, False, False, True]
 
 
+@pytest.mark.parametrize("d_in", [24, 100, 257])
+@pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.9])
+def test_wanda_with_ties_matches_numpy_on_short_and_long_columns(d_in, sparsity):
+    """Columns of up to 32 inputs are ranked by comparisons, longer ones by the radix
+    selection; few distinct weights make ties at the threshold, broken by index in both."""
+    rng = np.random.default_rng(d_in)
+    w = jnp.asarray(rng.choice([-2.0, -1.0, 0.0, 0.5, 1.0, 3.0], size=(d_in, 9)), jnp.float32)
+    norms = jnp.asarray(rng.choice([0.5, 1.0, 2.0], size=d_in), jnp.float32)
+    mask = pt.wanda_mask(w, norms, sparsity)
+    np.testing.assert_array_equal(np.asarray(mask), np_wanda(w, norms, sparsity))
+
+
+@pytest.mark.parametrize("n", [3, 8, 32, 33, 200])
+def test_lowest_is_a_stable_argsort_rank(n):
+    """pt._lowest against NumPy's stable argsort, on both sides of the comparison limit, with
+    ties, NaN (last) and -0.0 (equal to 0.0), along a middle axis."""
+    rng = np.random.default_rng(n)
+    x = rng.choice(np.array([-1.0, -0.0, 0.0, 0.25, 2.0, np.nan], np.float32), size=(3, n, 4))
+    x[0, :, 0] = rng.standard_normal(n)  # a slice of distinct values
+    order = np.argsort(np.where(x == 0, 0.0, x), axis=1, kind="stable")
+    rank = np.argsort(order, axis=1, kind="stable")
+    for count in sorted({0, 1, n // 3, n - 1, n}):
+        got = np.asarray(jax.jit(pt._lowest, static_argnums=(1, 2))(jnp.asarray(x), 1, count))
+        np.testing.assert_array_equal(got, rank < count, err_msg=f"count={count}")
+
+
 def test_wanda_bf16():
     w = normal(4, (16, 3)).astype(jnp.bfloat16)
     norms = uniform(5, (16,))

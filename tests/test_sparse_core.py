@@ -125,3 +125,16 @@ def test_docs_code_blocks_run(jp):
     assert len(blocks) >= 4
     for code in blocks:
         exec(compile(code, str(DOCS), "exec"), {"__name__": "__docs__"})
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_signed_keys_order_floats_with_equal_zeros_and_nan_last(jit):
+    """Keys ordered as the float values; -0.0 and 0.0 one key (with and without jit: XLA folds
+    x + 0.0 into x, so the zeros must be merged another way); NaN above everything."""
+    x = jnp.array([-0.0, 0.0, -1.5, 2.0, jnp.inf, -jnp.inf, jnp.nan, 1e-30], jnp.float32)
+    keys = np.asarray((jax.jit if jit else lambda f: f)(sparse_core.signed_keys)(x))
+    assert keys[0] == keys[1]
+    finite = np.asarray(x)[:6]
+    order = np.argsort(finite, kind="stable")
+    assert np.all(np.diff(keys[:6][order].astype(np.int64)) >= 0)
+    assert keys[6] == keys.max() and keys[7] > keys[1]

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxprune._src import radix_select, sparse_core
 from jaxprune._src.base import Array, ArrayLike
 
 _HIGHEST = lax.Precision.HIGHEST
@@ -104,21 +105,59 @@ def _check_finite(x: Array, name: str, what: str) -> None:
 # ----- Wanda -----
 
 
-def _ranks(scores: Array, axis: int) -> Array:
-    """0-based rank of every entry along ``axis``, ascending; equal scores by index."""
-    order = jnp.argsort(scores, axis=axis, stable=True)
-    return jnp.argsort(order, axis=axis, stable=True)
+# Slices of up to this many entries are ranked by comparisons within the slice (elementwise);
+# longer ones by the exact radix selection, one row per slice.
+_COMPARE_MAX = 32
+
+
+def _lowest(scores: Array, axis: int, count: int) -> Array:
+    """``True`` at the ``count`` lowest scores of every slice along ``axis``.
+
+    Equal scores rank by index, the lower index first: the entries whose 0-based rank in a
+    stable ascending sort of their slice is below ``count`` (NaN ranks last, ``-0.0`` equals
+    ``0.0``). No sort: a slice of up to 32 entries ranks each entry by comparisons with the
+    others; longer slices take their ``count``-th lowest key with the radix selection (one row
+    per slice, all rows at once) and count ties by index only when the k-th key is tied.
+    """
+    n = scores.shape[axis]
+    if count <= 0:
+        return jnp.zeros(scores.shape, bool)
+    if count >= n:
+        return jnp.ones(scores.shape, bool)
+    # Reversed keys: the lowest scores have the largest keys.
+    keys = ~sparse_core.signed_keys(jnp.moveaxis(scores, axis, -1))
+    if n <= _COMPARE_MAX:
+        other, this = keys[..., None, :], keys[..., :, None]
+        before = np.arange(n)[None, :] < np.arange(n)[:, None]  # [i, j]: j < i
+        before = jnp.asarray(before).reshape((1,) * (keys.ndim - 1) + (n, n))
+        ahead = (other > this) | ((other == this) & before)
+        low = jnp.sum(ahead, axis=-1, dtype=jnp.int32) < count
+    else:
+        rows = keys.reshape(-1, n)
+        part = radix_select.Part(radix_select.KeySource((rows,), lambda a: a), 0, True)
+        k = jnp.full((rows.shape[0],), count, jnp.int32)
+        kth, need, ties = radix_select.kth_largest_keys([part], k, counts=True)
+        above, tied = rows > kth[:, None], rows == kth[:, None]
+
+        def first_ties(_):
+            rank = jnp.cumsum(tied, axis=1, dtype=jnp.int32)
+            return above | (tied & (rank <= need[:, None]))
+
+        # Continuous scores rarely tie at the k-th: then no cumulative sum is needed.
+        low = lax.cond(jnp.all(need == ties), lambda _: above | tied, first_ties, None)
+        low = low.reshape(keys.shape)
+    return jnp.moveaxis(low, -1, axis)
 
 
 @functools.partial(jax.jit, static_argnames=("pruned", "n_m"))
 def _wanda_mask(w: Array, norms: Array, pruned: int, n_m: Any) -> Array:
     scores = jnp.abs(w.astype(jnp.float32)) * norms.astype(jnp.float32)[:, None]
     if n_m is None:
-        return _ranks(scores, 0) >= pruned
+        return ~_lowest(scores, 0, pruned)
     n, m = n_m
     d_in, d_out = scores.shape
     groups = scores.reshape(d_in // m, m, d_out)
-    return (_ranks(groups, 1) >= m - n).reshape(d_in, d_out)
+    return ~_lowest(groups, 1, m - n).reshape(d_in, d_out)
 
 
 def wanda_mask(
@@ -266,9 +305,14 @@ def _sparsegpt_block(
         score = jnp.where(real[None, :], w1**2 / d[None, :] ** 2, jnp.inf)
         # The reference rule: every score <= the sorted score at int(numel * s) is pruned,
         # all output units of the block ranked together (ties at the threshold all pruned).
-        # Padding scores are +inf, after every real score, so the index is the same.
-        thresh = jnp.sort(score.ravel())[kth]
-        pruned = (score <= thresh) & real[None, :]
+        # Padding scores are +inf, after every real score, so the index is the same. The
+        # score at sorted index kth is the (kth + 1)-th largest of the reversed keys, found by
+        # the exact radix selection instead of a sort; key order is score order. NaN scores
+        # (a failed factorisation) sort last, with the reversed key 0: a NaN threshold
+        # (top == 0) prunes nothing, as `score <= NaN` did.
+        keys = ~sparse_core.signed_keys(score)
+        top = radix_select.kth_largest_key([keys.reshape(-1)], kth + 1)
+        pruned = (keys >= top) & (top > 0) & real[None, :]
     else:
         pruned = jnp.zeros(w1.shape, bool)
 
@@ -280,7 +324,7 @@ def _sparsegpt_block(
             # current (already error-corrected) weights. Groups never cross a block boundary.
             grp = lax.dynamic_slice_in_dim(w1, i, m, axis=1)
             dg = lax.dynamic_slice_in_dim(d, i, m)
-            fresh = _ranks(grp**2 / dg[None, :] ** 2, 1) < m - n
+            fresh = _lowest(grp**2 / dg[None, :] ** 2, 1, m - n)
             old = lax.dynamic_slice_in_dim(pruned, i, m, axis=1)
             pruned = lax.dynamic_update_slice_in_dim(
                 pruned, jnp.where(i % m == 0, fresh, old), i, axis=1

@@ -598,7 +598,9 @@ def lift(keys: Array, mask: Array) -> Array:
 
 def signed_keys(x: Array) -> Array:
     """Unsigned keys ordered as the float32 values of ``x`` (NaN largest, ``-0.0 == +0.0``)."""
-    x = jnp.asarray(x, jnp.float32) + jnp.float32(0.0)  # -0.0 + 0.0 is +0.0
+    x = jnp.asarray(x, jnp.float32)
+    # -0.0 as +0.0. Not by adding 0.0: XLA folds x + 0.0 into x under jit.
+    x = jnp.where(x == 0, jnp.float32(0.0), x)
     bits = lax.bitcast_convert_type(x, jnp.uint32)
     sign = jnp.uint32(1 << 31)
     keys = jnp.where(bits >= sign, ~bits, bits | sign)
