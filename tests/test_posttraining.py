@@ -504,6 +504,18 @@ def test_runner_refusals():
     with pytest.raises(ValueError, match=r"'w' is read inside a scan"):
         prune_oneshot(rnn, {"w": normal(2, (6, 6))}, [normal(3, (4, 6))], method="sparsegpt")
 
+    # A stacked (layers, in, out) kernel, as nn.scan stores it, is refused by name too (it was
+    # left unpruned without a word), and layers= can leave it out.
+    def stacked(p, x):
+        h = jax.lax.scan(lambda c, w: (jnp.tanh(c @ w), None), x @ p["w_in"], p["stack"])[0]
+        return h
+
+    params = {"w_in": normal(4, (6, 6)), "stack": normal(5, (3, 6, 6))}
+    with pytest.raises(ValueError, match=r"'stack' is read inside a scan"):
+        prune_oneshot(stacked, params, [normal(6, (4, 6))], method="wanda")
+    _, masks = prune_oneshot(stacked, params, [normal(6, (4, 6))], method="wanda", layers="w_in")
+    assert masks["w_in"].shape == (6, 6) and masks["stack"].shape == ()
+
 
 def test_runner_nnx_and_equinox():
     """NNX through nnx.split/merge and Equinox ((out, in) weights under vmap), no hooks."""

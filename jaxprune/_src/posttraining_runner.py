@@ -487,10 +487,13 @@ def _select(paths, leaves, sites, uses, refused, layers) -> list[int]:
     by_leaf: dict[int, list[int]] = {}
     for s, site in enumerate(sites):
         by_leaf.setdefault(site.leaf, []).append(s)
+    # Float leaves of rank >= 2 read inside a loop: a 2-D kernel, a stacked (L, in, out)
+    # kernel of nn.scan, a convolution kernel. None can be calibrated as one layer, and none is
+    # left out silently: each is refused by name unless layers= excludes it.
     looped = {
         i
         for i, u in uses.items()
-        if any("loop" in w for w in u) and is_float_array(leaves[i]) and np.ndim(leaves[i]) == 2
+        if any("loop" in w for w in u) and is_float_array(leaves[i]) and np.ndim(leaves[i]) >= 2
     }
     candidates = sorted(set(by_leaf) | looped | set(refused))
     if layers is not None:
