@@ -772,6 +772,17 @@ def test_bad_weight_masks_raise():
         count_flops(fn, params, x, weight_masks=(bias, None))
     with pytest.raises(ValueError, match="structure"):
         count_flops(fn, params, x, weight_masks=({"w1": True}, None))
+    # A density is a fraction: mask values outside [0, 1] are refused (a mask of 2s counted
+    # twice the dense FLOPs); inside it, soft masks scale the count, and under jit nothing is
+    # checked (the values are not known).
+    twos = dict(wm, w1=jnp.full(params["w1"].shape, 2.0))
+    with pytest.raises(ValueError, match=r"w1 has values outside \[0, 1\]"):
+        count_flops(fn, params, x, weight_masks=(twos, None))
+    with pytest.raises(ValueError, match="outside"):
+        count_flops(fn, params, x, weight_masks=(dict(wm, w1=-1.0), None))
+    half = dict(wm, w1=jnp.full(params["w1"].shape, 0.5))
+    dense = count_flops(fn, params, x)
+    assert float(count_flops(fn, params, x, weight_masks=(half, None))) < float(dense)
 
 
 def test_attention_head_and_mlp_masks_count_the_smaller_transformer():

@@ -310,6 +310,16 @@ def _weight_densities(k: int, arg, wm, offset: int) -> dict[int, tuple]:
         position, leaf, _ = leaves[path]
         name = f"args[{k}]/{path}" if path else f"args[{k}]"
         shape = np.shape(m)
+        if not isinstance(m, jax.core.Tracer) and jnp.asarray(m).dtype != jnp.bool_:
+            # Concrete masks that are not bool: a density is a fraction, and values outside
+            # [0, 1] (a mask of 2s, a -1) would scale the count past the dense one, or below
+            # zero, without a word. Two scalars leave the device, not the mask.
+            low, high = float(jnp.min(jnp.asarray(m))), float(jnp.max(jnp.asarray(m)))
+            if not (0 <= low and high <= 1):
+                raise ValueError(
+                    f"weight mask {name} has values outside [0, 1] (min {low}, max {high}); "
+                    "give a bool mask, or 0/1 (fractions for a soft mask)."
+                )
         if shape == () and not isinstance(m, jax.core.Tracer) and bool(m):
             continue  # not pruned
         if shape not in ((), np.shape(leaf)):
