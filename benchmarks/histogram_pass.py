@@ -87,6 +87,27 @@ def interleaved(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, li
     return times
 
 
+def print_hardware() -> None:
+    devices = jax.devices()
+    print(
+        f"hardware: {devices} ({devices[0].device_kind}), {os.cpu_count()} CPUs "
+        f"({platform.machine()}), jax {jax.__version__}, python {platform.python_version()}",
+        flush=True,
+    )
+
+
+def print_ratio_table(
+    times: dict[str, list[float]], base: str, unit: str, value: Callable[[float], str]
+) -> None:
+    """A markdown table: each case's median as ``value(seconds)``, and the median of its
+    per-repetition ratios to the case ``base``."""
+    print(f"| case | {unit} | ÷ one memory pass |")
+    print("| --- | --- | --- |")
+    for name, ts in times.items():
+        ratio = statistics.median(a / b for a, b in zip(ts, times[base]))
+        print(f"| {name} | {value(statistics.median(ts))} | {ratio:.2f} |")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2**20 entries, 5 repetitions")
@@ -97,12 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     reps = args.reps or (5 if args.quick else 21)
     if log2 < 18 or reps < 1:
         parser.error("--log2-size must be >= 18 and --reps >= 1")
-    devices = jax.devices()
-    print(
-        f"hardware: {devices} ({devices[0].device_kind}), {os.cpu_count()} CPUs "
-        f"({platform.machine()}), jax {jax.__version__}, python {platform.python_version()}",
-        flush=True,
-    )
+    print_hardware()
     n = 1 << log2
     x = jax.random.normal(jax.random.key(0), (n,), jnp.float32)
     cases: dict[str, Callable[[jax.Array], object]] = {
@@ -121,13 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name.startswith("histogram") and int(jnp.sum(exe(x))) != n:
             raise RuntimeError(f"{name}: the histogram does not count every key once")
     times = interleaved({name: (lambda exe=exe: exe(x)) for name, exe in compiled.items()}, reps)
-    base = times["memory pass, sum(|x|)"]
     print(f"\none float32 leaf of 2**{log2} = {n:,} entries, median of {reps} interleaved runs\n")
-    print("| case | ns per entry | ÷ one memory pass |")
-    print("| --- | --- | --- |")
-    for name, ts in times.items():
-        ratio = statistics.median(a / b for a, b in zip(ts, base))
-        print(f"| {name} | {statistics.median(ts) / n * 1e9:.2f} | {ratio:.2f} |")
+    print_ratio_table(
+        times, "memory pass, sum(|x|)", "ns per entry", lambda t: f"{t / n * 1e9:.2f}"
+    )
     return 0
 
 

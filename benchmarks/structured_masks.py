@@ -17,15 +17,15 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import statistics
 import sys
-import time
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+
+# The timing and the table of benchmarks/histogram_pass.py (run as a script, this directory
+# is on the path).
+from histogram_pass import interleaved, memory_pass, print_hardware, print_ratio_table
 
 import jaxprune as jp
 from jaxprune._src import structured
@@ -55,15 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     reps = args.reps or (5 if args.quick else 21)
     if size < 64 or size % 64 or reps < 1:
         parser.error("--size must be a multiple of 64, --reps >= 1")
-    devices = jax.devices()
-    print(
-        f"hardware: {devices} ({devices[0].device_kind}), {os.cpu_count()} CPUs "
-        f"({platform.machine()}), jax {jax.__version__}, python {platform.python_version()}",
-        flush=True,
-    )
+    print_hardware()
     x = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
     cases: dict[str, Callable[[jax.Array], object]] = {
-        "memory pass, sum(|x|)": lambda x: jnp.sum(jnp.abs(x)),
+        "memory pass, sum(|x|)": memory_pass,
     }
     pairs = []
     for n, m in ((2, 4), (4, 8), (16, 32)):
@@ -77,22 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for a, b in pairs:
         if not bool(jnp.all(compiled[a](x) == compiled[b](x))):
             raise RuntimeError(f"{a} and {b} give different masks")
-    times: dict[str, list[float]] = {name: [] for name in compiled}
-    names = list(compiled)
-    for exe in compiled.values():
-        jax.block_until_ready(exe(x))
-    for r in range(reps):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            t0 = time.perf_counter()
-            jax.block_until_ready(compiled[name](x))
-            times[name].append(time.perf_counter() - t0)
-    base = times["memory pass, sum(|x|)"]
+    times = interleaved({name: (lambda exe=exe: exe(x)) for name, exe in compiled.items()}, reps)
     print(f"\none float32 leaf of {size}x{size}, median of {reps} interleaved runs\n")
-    print("| case | ms | ÷ one memory pass |")
-    print("| --- | --- | --- |")
-    for name, ts in times.items():
-        ratio = statistics.median(a / b for a, b in zip(ts, base))
-        print(f"| {name} | {statistics.median(ts) * 1e3:.2f} | {ratio:.1f} |")
+    print_ratio_table(times, "memory pass, sum(|x|)", "ms", lambda t: f"{t * 1e3:.2f}")
     return 0
 
 

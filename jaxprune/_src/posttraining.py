@@ -127,11 +127,7 @@ def _lowest(scores: Array, axis: int, count: int) -> Array:
     # Reversed keys: the lowest scores have the largest keys.
     keys = ~sparse_core.signed_keys(jnp.moveaxis(scores, axis, -1))
     if n <= _COMPARE_MAX:
-        other, this = keys[..., None, :], keys[..., :, None]
-        before = np.arange(n)[None, :] < np.arange(n)[:, None]  # [i, j]: j < i
-        before = jnp.asarray(before).reshape((1,) * (keys.ndim - 1) + (n, n))
-        ahead = (other > this) | ((other == this) & before)
-        low = jnp.sum(ahead, axis=-1, dtype=jnp.int32) < count
+        low = radix_select.top_n_in_groups(keys, count)
     else:
         rows = keys.reshape(-1, n)
         part = radix_select.Part(radix_select.KeySource((rows,), lambda a: a), 0, True)

@@ -519,6 +519,23 @@ def _key_dtype_of(parts: Sequence[Part]) -> jnp.dtype:
     return jnp.dtype(next(iter(ktypes)))
 
 
+def top_n_in_groups(keys: Array, n: int) -> Array:
+    """``True`` at the ``n`` largest keys of every group along the last axis of ``keys``.
+
+    Equal keys rank by index, the lower index first. An entry's rank is the number of entries
+    of its group with a larger key, plus the equal ones at a lower index; the ``n`` of rank
+    below ``n`` are kept. Elementwise comparisons only (``m`` per entry for groups of ``m``):
+    for small groups, where a sort or ``lax.top_k`` costs far more, and where XLA partitions
+    the comparisons over devices without moving a sharded array.
+    """
+    m = keys.shape[-1]
+    other, this = keys[..., None, :], keys[..., :, None]
+    before = np.arange(m)[None, :] < np.arange(m)[:, None]  # [i, j]: j < i
+    before = jnp.asarray(before).reshape((1,) * (keys.ndim - 1) + (m, m))
+    ahead = (other > this) | ((other == this) & before)
+    return jnp.sum(ahead, axis=-1, dtype=jnp.int32) < n
+
+
 def kth_largest_keys(
     parts: Sequence[Part], k: ArrayLike, *, method: str | None = None, counts: bool = False
 ) -> Array | tuple[Array, Array, Array]:

@@ -413,15 +413,9 @@ def _nm_mask(x: Array, n: int, m: int, axis: int) -> Array:
     keys = jnp.pad(keys, [(0, 0)] * (keys.ndim - 1) + [(0, groups * m - length)])
     keys = keys.reshape(*keys.shape[:-1], groups, m)
     if m <= _NM_COMPARE_MAX:
-        # An entry's rank in its group: the entries with a larger key, plus the equal ones at a
-        # lower index. The n of rank below n are kept: the n largest, ties by index. Only
-        # elementwise comparisons within a group, which XLA partitions without moving data
-        # (lax.top_k on a sharded array gathers it).
-        other, this = keys[..., None, :], keys[..., :, None]
-        before = np.arange(m)[None, :] < np.arange(m)[:, None]  # [i, j]: j < i
-        before = jnp.asarray(before).reshape((1,) * (keys.ndim - 1) + (m, m))
-        ahead = (other > this) | ((other == this) & before)
-        keep = jnp.sum(ahead, axis=-1, dtype=jnp.int32) < n
+        # Comparisons within each group, which XLA partitions without moving data (lax.top_k
+        # on a sharded array gathers it).
+        keep = radix_select.top_n_in_groups(keys, n)
     else:
         nth = lax.top_k(keys, n)[0][..., n - 1 : n]  # the n-th largest key of each group
         above = keys > nth
