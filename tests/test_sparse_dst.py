@@ -101,6 +101,33 @@ def test_top_k_masks_against_reference(shapes):
         )
 
 
+@pytest.mark.parametrize(
+    "shapes, row_lengths",
+    [
+        ([(300, 257)], [257]),
+        ([(70_000,)], [None]),
+        ([(5, 3, 7, 40), (4096, 2), (1000,), (64, 64), (9, 512)], [280, None, None, None, 512]),
+    ],
+    ids=["rows", "chunks", "mixed"],
+)
+def test_top_k_masks_rank_ties_by_position_in_every_layout(shapes, row_lengths):
+    # Ties at the k-th key are ranked by rows (one count per row, a running count in the row
+    # that holds the last tie kept) where a leaf has rows of 256 to 65536 keys, chunk by chunk
+    # otherwise. Keys of 2 bits tie by the thousand; k lands at the start, middle and end of
+    # rows, of leaves, and past the last tie.
+    rng = np.random.default_rng(7)
+    keys = [jnp.asarray(rng.integers(0, 4, s), jnp.uint32) for s in shapes]
+    flat = np.concatenate([np.asarray(x).reshape(-1).astype(np.int64) for x in keys])
+    n_top = int((flat == 3).sum())
+    ks = {1, 256, 257, 300, n_top - 1, n_top, n_top + 1, flat.size // 2, flat.size - 1, flat.size}
+    ks |= set(rng.integers(1, flat.size, 6).tolist())
+    for k in sorted(ks):
+        want = ref_top(flat, np.ones(flat.size, bool), k)
+        got = np.concatenate([np.asarray(m).reshape(-1) for m in sparse_core.top_k_masks(keys, k)])
+        np.testing.assert_array_equal(got, want, err_msg=f"k={k}")
+    assert [sparse_core._tie_rows(s) for s in shapes] == row_lengths
+
+
 def test_static_masks_never_change_and_pruned_weights_stay_zero():
     params = params_like()
     tx = sparse(optax.adam(0.1), static_sparse(0.8, key=KEY))

@@ -500,6 +500,25 @@ def top_k_sources(sources: list[selection.KeySource], k: ArrayLike) -> list[Arra
 # Ties are ranked in chunks of this many keys: a cumulative sum over a whole leaf would need
 # n-sized int32 temporaries, and on CPU every call pays page faults for fresh temporaries.
 _TIE_CHUNK = 1 << 16
+# Rows of at least this many keys (and at most _TIE_CHUNK) let the ties be ranked by rows.
+_TIE_ROW_MIN = 1 << 8
+
+
+def _tie_rows(shape: tuple[int, ...]) -> int | None:
+    """A row length for ranking the ties of a leaf of ``shape``, or ``None``.
+
+    The product of the last few axes: the smallest that has at least :data:`_TIE_ROW_MIN`
+    keys, if it has at most :data:`_TIE_CHUNK` and there are at least two rows.
+    """
+    length = 1
+    for d in reversed(shape):
+        length *= d
+        if length >= _TIE_ROW_MIN:
+            break
+    size = math.prod(shape)
+    if _TIE_ROW_MIN <= length <= _TIE_CHUNK and size > length:
+        return length
+    return None
 
 
 def _first_ties(
@@ -508,7 +527,43 @@ def _first_ties(
     """``keys > kth``, plus the ties at ``kth`` of rank ``<= need`` (rank ``offset`` + i).
 
     Returns the mask (the arrays' shape) and ``offset`` plus the number of ties seen.
+
+    The last tie kept lies at some flat position ``P`` of the leaf, and the mask is
+    ``keys > kth | (keys == kth & position <= P)``. ``P`` comes from the number of ties in
+    each row (one counting pass) and a cumulative sum over the one row that holds it: two
+    passes over the keys, where a cumulative sum over the whole leaf costs some twenty.
     """
+    shape = np.shape(arrays[0])
+    length = _tie_rows(shape)
+    if length is None:
+        return _first_ties_chunked(keys_fn, arrays, kth, need, offset)
+    size = math.prod(shape)
+    rows = size // length
+    grid = [jnp.asarray(a).reshape(rows, length) for a in arrays]
+    keys = keys_fn(*grid)
+    tie = keys == kth
+    per_row = jnp.sum(tie, axis=1, dtype=jnp.int32)
+    upto = jnp.cumsum(per_row, dtype=jnp.int32)  # ties in rows 0..r
+    total = upto[-1]
+    room = need - offset  # how many of this leaf's ties are kept
+    # The row holding the room-th tie: the first whose running count reaches room.
+    r = jnp.minimum(jnp.sum(upto < room, dtype=jnp.int32), rows - 1)
+    before = jnp.where(r > 0, upto[jnp.maximum(r - 1, 0)], 0)
+    row = keys_fn(*[lax.dynamic_index_in_dim(g, r, keepdims=False) for g in grid])
+    rank = jnp.cumsum(row == kth, dtype=jnp.int32)
+    last = r * length + jnp.sum(rank < room - before, dtype=jnp.int32)
+    last = jnp.where(room <= 0, -1, jnp.where(room >= total, size, last))
+    position = lax.broadcasted_iota(jnp.int32, (rows, length), 0) * length + lax.broadcasted_iota(
+        jnp.int32, (rows, length), 1
+    )
+    mask = (keys > kth) | (tie & (position <= last))
+    return mask.reshape(shape), offset + total
+
+
+def _first_ties_chunked(
+    keys_fn: Callable[..., Array], arrays: tuple, kth: Array, need: Array, offset: Array
+) -> tuple[Array, Array]:
+    """:func:`_first_ties` for leaves without rows to rank by: a running count, chunk by chunk."""
     shape = np.shape(arrays[0])
     flat = [jnp.asarray(a).reshape(-1) for a in arrays]
     size = math.prod(shape)
