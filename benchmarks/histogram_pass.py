@@ -11,7 +11,12 @@ it (``sum(|x|)``), interleaved in one process:
   copies, so runs of equal keys do not wait on one counter), streamed over chunks of 2**18 keys
   as the selection streams them;
 * ``jaxprune.magnitude_mask`` at sparsity 0.9: two histogram passes, the digit picks and the
-  mask.
+  mask;
+* the exact top-k mask of the sparse-training algorithms (ties at the k-th key broken by
+  position, so that exactly k entries are kept) on keys cut to 12 bits, where thousands of keys
+  tie at the k-th: on the leaf as rows of 2,048 keys (one count of the ties per row, a running
+  count in the row that holds the last tie kept), and on a flat leaf of odd size, which has no
+  rows of 256 to 65,536 keys (a running count, chunk by chunk).
 
 It shows whether a histogram pass is bound by the memory it reads, by the size of the
 histogram, or by the scatter's own per-key cost. It runs unchanged on CPU, GPU and TPU.
@@ -37,6 +42,8 @@ import jax.numpy as jnp
 from jax import lax
 
 import jaxprune as jp
+from jaxprune._src import sparse_core
+from jaxprune._src.radix_select import KeySource
 
 CHUNK = 1 << 18
 
@@ -68,6 +75,19 @@ def histogram_pass(width: int, lanes: int) -> Callable[[jax.Array], jax.Array]:
 
 def count_pass(x: jax.Array) -> jax.Array:
     return jnp.sum(keys_of(x) >= jnp.uint32(0x3F800000), dtype=jnp.int32)  # |x| >= 1.0
+
+
+def tied_top_k(rows: int | None) -> Callable[[jax.Array], jax.Array]:
+    """The exact top-k mask (10% kept) of the keys of ``x`` cut to their top 12 bits, computed
+    from ``x`` in every pass as the algorithms compute them: ``x`` seen as ``rows`` rows, or
+    for ``None`` all of ``x`` but its last entry, a flat leaf of odd size."""
+
+    def run(x: jax.Array) -> jax.Array:
+        leaf = x[:-1] if rows is None else x.reshape(rows, -1)
+        source = KeySource((leaf,), lambda a: keys_of(a) & jnp.uint32(0xFFF00000))
+        return sparse_core.top_k_sources([source], leaf.size // 10)[0]
+
+    return run
 
 
 def memory_pass(x: jax.Array) -> jax.Array:
@@ -131,11 +151,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 width, lanes
             )
     cases["magnitude_mask (2 passes + mask)"] = lambda x: jp.magnitude_mask(x, 0.9)
+    cases["exact top-k, tied keys, rows of 2,048"] = tied_top_k(n // 2048)
+    cases["exact top-k, tied keys, odd size (chunks)"] = tied_top_k(None)
     compiled = {name: jax.jit(fn).lower(x).compile() for name, fn in cases.items()}
     # Every histogram counts every key once.
     for name, exe in compiled.items():
         if name.startswith("histogram") and int(jnp.sum(exe(x))) != n:
             raise RuntimeError(f"{name}: the histogram does not count every key once")
+        if name.startswith("exact top-k") and int(jnp.sum(exe(x))) != exe(x).size // 10:
+            raise RuntimeError(f"{name}: the mask does not keep exactly k entries")
     times = interleaved({name: (lambda exe=exe: exe(x)) for name, exe in compiled.items()}, reps)
     print(f"\none float32 leaf of 2**{log2} = {n:,} entries, median of {reps} interleaved runs\n")
     print_ratio_table(

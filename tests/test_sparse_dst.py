@@ -106,15 +106,19 @@ def test_top_k_masks_against_reference(shapes):
     [
         ([(300, 257)], [257]),
         ([(70_000,)], [None]),
-        ([(5, 3, 7, 40), (4096, 2), (1000,), (64, 64), (9, 512)], [280, None, None, None, 512]),
+        (
+            [(5, 3, 7, 40), (4096, 2), (1000,), (64, 64), (9, 512), (1 << 17,)],
+            [280, 4096, None, 2048, 512, 4096],
+        ),
     ],
     ids=["rows", "chunks", "mixed"],
 )
 def test_top_k_masks_rank_ties_by_position_in_every_layout(shapes, row_lengths):
     # Ties at the k-th key are ranked by rows (one count per row, a running count in the row
-    # that holds the last tie kept) where a leaf has rows of 256 to 65536 keys, chunk by chunk
-    # otherwise. Keys of 2 bits tie by the thousand; k lands at the start, middle and end of
-    # rows, of leaves, and past the last tie.
+    # that holds the last tie kept) where a leaf has rows of 256 to 65536 keys (its last axes,
+    # or read flat in rows of a power of two that divides its size), chunk by chunk otherwise.
+    # Keys of 2 bits tie by the thousand; k lands at the start, middle and end of rows, of
+    # leaves, and past the last tie.
     rng = np.random.default_rng(7)
     keys = [jnp.asarray(rng.integers(0, 4, s), jnp.uint32) for s in shapes]
     flat = np.concatenate([np.asarray(x).reshape(-1).astype(np.int64) for x in keys])

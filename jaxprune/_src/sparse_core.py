@@ -507,17 +507,24 @@ _TIE_ROW_MIN = 1 << 8
 def _tie_rows(shape: tuple[int, ...]) -> int | None:
     """A row length for ranking the ties of a leaf of ``shape``, or ``None``.
 
-    The product of the last few axes: the smallest that has at least :data:`_TIE_ROW_MIN`
-    keys, if it has at most :data:`_TIE_CHUNK` and there are at least two rows.
+    The product of the last few axes, the smallest with at least :data:`_TIE_ROW_MIN` keys, if
+    it has at most :data:`_TIE_CHUNK` and there are at least two rows; otherwise a power of two
+    in that range that divides the size (the leaf read flat, in rows of that length).
     """
+    size = math.prod(shape)
     length = 1
     for d in reversed(shape):
         length *= d
         if length >= _TIE_ROW_MIN:
             break
-    size = math.prod(shape)
     if _TIE_ROW_MIN <= length <= _TIE_CHUNK and size > length:
         return length
+    for log2 in range(12, 17):  # 4096 .. 65536 first: fewer rows to count
+        if size % (1 << log2) == 0 and size > 1 << log2:
+            return 1 << log2
+    for log2 in range(11, 7, -1):
+        if size % (1 << log2) == 0 and size > 1 << log2:
+            return 1 << log2
     return None
 
 
