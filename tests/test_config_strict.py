@@ -134,6 +134,18 @@ def test_other_windows_that_do_not_fit_warn():
             "end_pruning_step=1000,sparsity_function_begin_step=2000,"
             "sparsity_function_end_step=3000"
         )
+    # Updates at 10, 20, 30 and 40: a curve beginning at 42 is never applied, though 42 is
+    # before end_pruning_step=45.
+    with pytest.warns(PruningConfigWarning, match="last mask update at step 40") as record:
+        pruning_from_config(
+            "end_pruning_step=45,sparsity_function_begin_step=42,sparsity_function_end_step=100"
+        )
+    assert "never target_sparsity" in str(record[0].message)
+    assert not warnings_of(
+        lambda: pruning_from_config(
+            "end_pruning_step=45,sparsity_function_begin_step=39,sparsity_function_end_step=100"
+        )
+    )
 
 
 @pytest.mark.parametrize(

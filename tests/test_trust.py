@@ -75,6 +75,33 @@ def test_nan_sparsity_skips_the_turn_and_counts_it(scope):
     assert int(state[1].skipped_turns) == 1
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda sch: jp.sparse(optax.sgd(0.0), jp.magnitude_ste(sch)),
+        lambda sch: jp.sparse(optax.sgd(0.0), jp.random_ste(sch, key=KEY)),
+        lambda sch: jp.sparse(optax.sgd(0.0), jp.saliency_pruning(sch)),
+        lambda sch: jp.sparse(optax.sgd(0.0), jp.movement_pruning(sch)),
+        lambda sch: optax.chain(optax.sgd(0.0), jp.random_pruning(sch, key=KEY)),
+    ],
+    ids=["magnitude_ste", "random_ste", "saliency", "movement", "random_pruning"],
+)
+def test_nan_sparsity_skips_the_turn_of_every_scheduled_algorithm(make):
+    # The same rule as magnitude_pruning's (these states keep no count of skipped turns): the
+    # masks of the turn before stay, neither every weight kept nor every weight pruned.
+    params = _params()
+    tx = make(NaNOnTurn(bad=1))
+    state = tx.init(params)
+    grads = jax.tree.map(lambda x: jnp.arange(x.size, dtype=x.dtype).reshape(x.shape), params)
+    step = jax.jit(lambda s: tx.update(grads, s, params))
+    _, state = step(state)
+    before = jp.get_masks(state)
+    assert int(before["Dense_0"]["kernel"].sum()) == 24  # half of 48, pruned at step 0
+    _, state = step(state)  # the NaN turn
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(jp.get_masks(state))):
+        np.testing.assert_array_equal(a, b)
+
+
 # --- apply_masks is strict ----------------------------------------------------------------
 
 

@@ -474,8 +474,9 @@ def timeline_problems(config: PruningConfig) -> list[str]:
       masks are never updated;
     * ``sparsity_function_end_step`` is before the first mask update: that update applies
       ``target_sparsity`` at once, with no gradual ramp;
-    * ``sparsity_function_begin_step`` is at or after ``end_pruning_step``: every update applies
-      ``initial_sparsity``, never ``target_sparsity``.
+    * ``sparsity_function_begin_step`` is at or after the last mask update (the first one
+      plus a multiple of ``pruning_frequency``, at most ``end_pruning_step``): every update
+      applies ``initial_sparsity``, never ``target_sparsity``.
 
     Returns:
       One sentence per problem (an empty list when the windows fit).
@@ -507,12 +508,17 @@ def timeline_problems(config: PruningConfig) -> list[str]:
             "for a gradual ramp, put the sparsity function's window inside the pruning window"
         )
     end = config.end_pruning_step
-    if end != -1 and sf_begin >= end and ramps:
-        problems.append(
-            f"the sparsity function begins at sparsity_function_begin_step={sf_begin}, at or "
-            f"after end_pruning_step={end}: every mask update applies initial_sparsity="
-            f"{config.initial_sparsity}, never target_sparsity={config.target_sparsity}"
-        )
+    if end != -1 and ramps:
+        # Updates follow each other every pruning_frequency steps from the first, up to end.
+        last = first + (end - first) // config.pruning_frequency * config.pruning_frequency
+        if sf_begin >= last:
+            problems.append(
+                f"the sparsity function begins at sparsity_function_begin_step={sf_begin}, at "
+                f"or after the last mask update at step {last} (end_pruning_step={end}, "
+                f"pruning_frequency={config.pruning_frequency}): every mask update applies "
+                f"initial_sparsity={config.initial_sparsity}, never "
+                f"target_sparsity={config.target_sparsity}"
+            )
     return problems
 
 

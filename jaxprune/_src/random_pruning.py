@@ -211,6 +211,9 @@ def random_pruning(
         turns = []
         for sch, idx in link_core.groups_by_schedule(chosen, scheds):
             should_prune, sparsity = sch(state.count)
+            # A turn whose sparsity is NaN is skipped (nested masks would keep every entry
+            # anyway; the cond is not even taken).
+            should_prune = transform_lib.skip_nan_turn(should_prune, sparsity)[0]
             shapes = [tuple(jnp.shape(p_leaves[i])) for i in idx]
             turns.append(link_core.Turn(idx, should_prune, recompute_group(idx, shapes), sparsity))
         m_leaves, _ = link_core.run_turns(turns, m_leaves, None, packed=packed)

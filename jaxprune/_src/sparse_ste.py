@@ -44,7 +44,7 @@ from jaxprune._src.sparse_core import (
     signed_keys,
     top_k_sources,
 )
-from jaxprune._src.transform import register_pruning_state
+from jaxprune._src.transform import register_pruning_state, skip_nan_turn
 
 _SCOPES = ("layer", "global")
 
@@ -132,7 +132,13 @@ def _check_lambda(value: Any) -> float:
 
 
 def _turn(schedule: Any) -> Any:
-    return lambda state: jnp.asarray(schedule(state.count)[0], bool)
+    """The schedule's turns, less those whose sparsity is NaN (the masks stay as they were)."""
+
+    def turn(state: Any) -> Array:
+        should_prune, sparsity = schedule(state.count)
+        return skip_nan_turn(should_prune, sparsity)[0]
+
+    return turn
 
 
 def _sr_ste(lam: float) -> Any:
