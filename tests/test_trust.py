@@ -102,6 +102,47 @@ def test_nan_sparsity_skips_the_turn_of_every_scheduled_algorithm(make):
         np.testing.assert_array_equal(a, b)
 
 
+_ONE_HALF = jp.constant_sparsity(0.5, begin_step=0, frequency=1)
+_EVERY_LINK = {
+    "magnitude_pruning": lambda md: jp.magnitude_pruning(_ONE_HALF, mask_dtype=md),
+    "random_pruning": lambda md: jp.random_pruning(_ONE_HALF, key=KEY, mask_dtype=md),
+    "acdc": lambda md: jp.acdc(
+        0.5, warmup_steps=1, phase_steps=2, final_compressed_steps=2, total_steps=7, mask_dtype=md
+    ),
+    "static_sparse": lambda md: jp.sparse(
+        optax.sgd(0.1), jp.static_sparse(0.5, key=KEY), mask_dtype=md
+    ),
+    "rigl": lambda md: jp.sparse(
+        optax.sgd(0.1), jp.rigl(0.5, key=KEY, update_every=1, end_step=5), mask_dtype=md
+    ),
+    "magnitude_ste": lambda md: jp.sparse(
+        optax.sgd(0.1), jp.magnitude_ste(_ONE_HALF), mask_dtype=md
+    ),
+    "movement_pruning": lambda md: jp.sparse(
+        optax.sgd(0.1), jp.movement_pruning(_ONE_HALF), mask_dtype=md
+    ),
+}
+
+
+@pytest.mark.parametrize("mask_dtype", ["bool", "packed"])
+@pytest.mark.parametrize("name", sorted(_EVERY_LINK))
+def test_update_refuses_params_of_another_structure(name, mask_dtype):
+    # Masks are stored in the params' flattening order: params renamed or missing a leaf at
+    # update would pair them with the wrong weights. Bool and packed masks alike say which
+    # leaves differ.
+    w = jnp.arange(1.0, 17.0).reshape(4, 4)
+    tx = _EVERY_LINK[name](mask_dtype)
+    state = tx.init({"a": w, "b": w + 1})
+    for other, only in [({"b": w, "c": w + 1}, "'c'"), ({"a": w}, "'b'")]:
+        with pytest.raises(ValueError, match=f"another tree structure.*{only}"):
+            tx.update(jax.tree.map(jnp.zeros_like, other), state, other)
+    # The same paths in other containers are refused too.
+    other = {"a": (w,), "b": w + 1}
+    state = tx.init({"a": [w], "b": w + 1})
+    with pytest.raises(ValueError, match="same leaf paths in other containers"):
+        tx.update(jax.tree.map(jnp.zeros_like, other), state, other)
+
+
 # --- apply_masks is strict ----------------------------------------------------------------
 
 

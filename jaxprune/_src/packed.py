@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprune._src.base import Array, ArrayLike
+from jaxprune._src.base import Array, ArrayLike, path_str
 
 WORD_BITS = 32
 
@@ -189,17 +189,48 @@ def read_masks(state_masks: Any, treedef: Any, packed: bool) -> tuple[list[Any],
     (:func:`as_bool`) where they are used, so XLA fuses the bit extraction into that use.
 
     Raises:
-      ValueError: if packed masks do not have a leaf per leaf of the params.
+      ValueError: if the masks do not have the tree structure of the params (see
+        :func:`check_params_tree`).
     """
+    masks_def = check_params_tree(state_masks, treedef)
     if not packed:
         return treedef.flatten_up_to(state_masks), treedef
-    leaves, masks_def = jax.tree_util.tree_flatten(state_masks, is_leaf=is_packed)
-    if len(leaves) != treedef.num_leaves:
-        raise ValueError(
-            f"the packed masks have {len(leaves)} leaves, the params {treedef.num_leaves}: "
-            "the state belongs to other params"
-        )
-    return leaves, masks_def
+    return jax.tree_util.tree_leaves(state_masks, is_leaf=is_packed), masks_def
+
+
+def check_params_tree(state_masks: Any, treedef: Any) -> Any:
+    """The masks' tree structure, checked against the params' ``treedef``.
+
+    A pruning state's masks have a leaf (a bool array, a scalar or a :class:`PackedMask`) in
+    the place of every leaf of the params its ``init`` was given. Params of another structure at
+    ``update`` would otherwise pair masks with the wrong leaves, or fail deep inside the step.
+
+    Raises:
+      ValueError: naming the leaf paths that only one of the two has (or, with the same paths,
+        both structures).
+    """
+    masks_def = jax.tree_util.tree_structure(state_masks, is_leaf=is_packed)
+    if masks_def == treedef:
+        return masks_def
+
+    def paths(tree_def: Any) -> list[str]:
+        dummy = jax.tree_util.tree_unflatten(tree_def, [0] * tree_def.num_leaves)
+        flat = jax.tree_util.tree_flatten_with_path(dummy)[0]
+        return [path_str(path) for path, _ in flat]
+
+    p_paths, m_paths = paths(treedef), paths(masks_def)
+    missing = [p for p in p_paths if p not in set(m_paths)]
+    extra = [p for p in m_paths if p not in set(p_paths)]
+    detail = (
+        f"leaves of the params that the state has no mask for: {missing}; masks in the state "
+        f"for no leaf of the params: {extra}"
+        if missing or extra
+        else f"the same leaf paths in other containers: params {treedef}, state {masks_def}"
+    )
+    raise ValueError(
+        "update was given params with another tree structure than the params init was given "
+        f"({detail}); pass the params the state was made for, or call init again"
+    )
 
 
 def or_not(mask: Any, flag: ArrayLike) -> Any:

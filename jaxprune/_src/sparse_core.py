@@ -265,13 +265,14 @@ def sparse(
                 f"sparse({alg.name}) needs the current params: call tx.update(grads, state, params)"
             )
         _, p_leaves, treedef = spec.flatten(params)
-        g_leaves = treedef.flatten_up_to(updates)
         astate = state.algorithm
+        stored, masks_def = packed_lib.read_masks(astate.masks, treedef, packed)
+        g_leaves = treedef.flatten_up_to(updates)
         words = None
         if packed:
             # The algorithm works on bool masks; the state keeps the words (and a step that
             # keeps its masks passes the words on, an eighth of the bytes of bool masks).
-            words, masks_def = packed_lib.read_masks(astate.masks, treedef, True)
+            words = stored
             bools = [packed_lib.as_bool(m) for m in words]
             astate = astate._replace(masks=jax.tree_util.tree_unflatten(treedef, bools))
         if alg.observe is not None:
