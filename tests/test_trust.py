@@ -143,6 +143,38 @@ def test_update_refuses_params_of_another_structure(name, mask_dtype):
         tx.update(jax.tree.map(jnp.zeros_like, other), state, other)
 
 
+@pytest.mark.parametrize(
+    "make, b_after",
+    [
+        (lambda: jp.magnitude_pruning(_ONE_HALF, scope="global"), 2.0),
+        (
+            lambda: jp.acdc(
+                0.5,
+                warmup_steps=0,
+                phase_steps=2,
+                final_compressed_steps=2,
+                total_steps=6,
+                scope="global",
+            ),
+            2.0,
+        ),
+        (lambda: jp.sparse(optax.sgd(0.1), jp.saliency_pruning(_ONE_HALF, scope="global")), 0.9),
+        (lambda: jp.sparse(optax.sgd(0.1), jp.movement_pruning(_ONE_HALF, scope="global")), 0.9),
+    ],
+    ids=["magnitude_pruning", "acdc", "saliency", "movement"],
+)
+def test_global_scope_without_a_prunable_leaf_prunes_nothing(make, b_after):
+    # Biases and scalars only: the default rule selects nothing, as in layer scope (the global
+    # ones used to fail at the first update, ranking an empty list of leaves).
+    params = {"b": jnp.ones(4), "s": jnp.ones(())}
+    tx = make()
+    updates, state = jax.jit(tx.update)(params, tx.init(params), params)
+    assert all(np.shape(m) == () and bool(m) for m in jax.tree.leaves(jp.get_masks(state)))
+    # Nothing pruned: the updates are the optimizer's alone (the gradient itself for a link
+    # alone, -0.1 times it inside sparse(sgd(0.1))).
+    np.testing.assert_allclose(optax.apply_updates(params, updates)["b"], b_after)
+
+
 # --- apply_masks is strict ----------------------------------------------------------------
 
 

@@ -223,7 +223,7 @@ def acdc(
             del masks  # chosen from the weights alone
             p, u = operands
             u = [None] * len(p) if u is None else u  # None: the weights before the update
-            if scope == "global":
+            if scope == "global" and p:  # (no pruned leaf: nothing to rank)
                 return masks_lib.global_threshold(p, target, u)[0], None
             got = [
                 masks_lib.magnitude_threshold(x, targets[i], ux)[0] for i, x, ux in zip(idx, p, u)

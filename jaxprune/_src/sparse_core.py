@@ -733,7 +733,12 @@ def leaf_sparsities(params: Params, sparsity: Any, rule: Any) -> list[float | No
     if not isinstance(sparsity, dict):
         chosen = spec.select(paths, leaves, rule)
         if not any(chosen):
-            raise ValueError(f"no leaf of params is pruned by default; leaf paths are {paths}")
+            which = (
+                "by default (float leaves of rank >= 2 not named 'bias')"
+                if rule is None
+                else "by the prune= rule"
+            )
+            raise ValueError(f"no leaf of params is pruned {which}; leaf paths are {paths}")
         return [sparsity if on else None for on in chosen]
     unknown = sorted(set(sparsity) - set(paths))
     if unknown:

@@ -111,14 +111,6 @@ def _random_grow_keys(survive: Array, bits: Array) -> Array:
     return jnp.where(survive, jnp.uint32(np.iinfo(np.uint32).max), bits >> 1)
 
 
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def drop_fraction_at(step: Any, drop_fraction: float, end_step: int) -> Array:
     r"""The cosine-annealed drop fraction :math:`\frac{\alpha}{2}(1 + \cos(\pi t / T_{end}))`.
 
@@ -148,8 +140,8 @@ def _dynamic(
     if not 0.0 < float(drop_fraction) < 1.0:
         raise ValueError(f"drop_fraction must be in range (0, 1), got {drop_fraction!r}")
     drop_fraction = float(drop_fraction)
-    update_every = _check_int(update_every, "update_every", 1)
-    end_step = _check_int(end_step, "end_step", 1)
+    update_every = validate.check_int(update_every, "update_every", 1)
+    end_step = validate.check_int(end_step, "end_step", 1)
     if end_step <= update_every:
         raise ValueError(
             f"end_step={end_step} leaves no mask update: the first one is at step "

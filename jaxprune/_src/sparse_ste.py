@@ -161,7 +161,7 @@ def _ranked(
     keys: list[selection.KeySource], sizes: list[int], sparsity: Array, scope: str
 ) -> list[Array]:
     """Exact top-k masks of ``keys`` (computed on the fly), per leaf or over all leaves."""
-    if scope == "global":
+    if scope == "global" and keys:  # (no pruned leaf: nothing to rank)
         return top_k_sources(keys, selection.kept_count(sum(sizes), sparsity))
     return [top_k_sources([x], selection.kept_count(n, sparsity))[0] for x, n in zip(keys, sizes)]
 
