@@ -330,6 +330,8 @@ def test_prune_rule_and_erk_distribution():
         (dict(update_every=0), ValueError, "update_every"),
         (dict(update_every=2.5), TypeError, "update_every"),
         (dict(end_step=100, update_every=100), ValueError, "end_step"),
+        (dict(end_step=2**31), ValueError, r"end_step must be an int >= 1 and <= 2147483647"),
+        (dict(update_every=2**31 + 5, end_step=2**31 - 1), ValueError, "update_every.*int32"),
         (dict(key=None), ValueError, "key"),
         (dict(key=3), TypeError, "key"),
         (dict(sparsity=1.0), ValueError, "sparsity"),
