@@ -190,3 +190,22 @@ def test_bad_power_scale():
             erk_sparsities(MLP, 0.5, power_scale=bad)
     with pytest.raises(TypeError, match="power_scale"):
         erk_sparsities(MLP, 0.5, power_scale="1")
+
+
+def test_erk_large_power_scale():
+    # Raw densities of 0.0039**150 and 0.104**150 are 1e-361 and 1e-148: only their ratio
+    # matters, and it is taken in logs (the plain powers divided by zero). The reference with
+    # the ratio (its powers of 0.0376 stay in range) gives the same sparsities.
+    shapes = [(512, 512), (256, 10)]
+    s = erk_sparsities(tree_of(shapes), 0.9, power_scale=150)
+    ratio = (1024 / 512**2) / (266 / 2560)
+    n = np.array([512 * 512, 2560], dtype=np.float64)
+    raw = np.array([ratio**150, 1.0])
+    eps = 0.1 * n.sum() / (raw * n).sum()
+    assert eps * raw[1] > 1  # the small leaf is forced dense, the large one takes the rest
+    want = [1 - (0.1 * n.sum() - n[1]) / n[0], 0.0]
+    np.testing.assert_allclose(list(s.values()), want, atol=1e-12)
+    assert total_sparsity(shapes, list(s.values())) == pytest.approx(0.9, abs=1e-12)
+    # A ratio below the smallest float: refused, naming the leaf and power_scale.
+    with pytest.raises(ValueError, match=r"power_scale=1100 is too large.*'layer1/kernel'"):
+        erk_sparsities(tree_of([(1, 1), (64, 64)]), 0.9, power_scale=1100)

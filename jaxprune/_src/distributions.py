@@ -158,7 +158,7 @@ def erk_sparsities(
 
     Raises:
       ValueError: for a sparsity outside ``[0, 1)``, a ``power_scale`` that is not finite and
-        positive, a rule that matches no leaf, a tree with no leaf to prune, or a target no
+        positive (or so large that the ratio of two leaves' raw densities underflows), a rule that matches no leaf, a tree with no leaf to prune, or a target no
         distribution reaches (every leaf forced dense).
       TypeError: for non-numeric arguments or a rule of the wrong type.
 
@@ -195,7 +195,18 @@ def erk_sparsities(
         return {path: 0.0 for path in shapes}
 
     sizes = {k: math.prod(v) for k, v in shapes.items()}
-    raw = {k: (sum(v) / sizes[k]) ** p for k, v in shapes.items()}
+    # The raw densities ((sum of dims) / size) ** p, divided by the largest of them (in logs):
+    # only their ratios matter, and a large p would overflow or underflow them otherwise.
+    logs = {k: p * math.log(sum(v) / sizes[k]) for k, v in shapes.items()}
+    top_log = max(logs.values())
+    raw = {k: math.exp(v - top_log) for k, v in logs.items()}
+    if min(raw.values()) == 0.0:
+        low = min(raw, key=raw.get)
+        raise ValueError(
+            f"power_scale={power_scale!r} is too large: the raw density of {low!r} underflows "
+            "to 0 against the largest one (a density ratio below 1e-308); use a smaller "
+            "power_scale"
+        )
     kept_total = (1.0 - target) * sum(sizes.values())
     dense: set[str] = set()
     while True:
