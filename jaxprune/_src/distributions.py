@@ -158,8 +158,9 @@ def erk_sparsities(
 
     Raises:
       ValueError: for a sparsity outside ``[0, 1)``, a ``power_scale`` that is not finite and
-        positive (or so large that the ratio of two leaves' raw densities underflows), a rule that matches no leaf, a tree with no leaf to prune, or a target no
-        distribution reaches (every leaf forced dense).
+        positive (or so large that the ratio of two leaves' raw densities underflows), a
+        rule that matches no leaf, a tree with no leaf to prune, or a target no distribution
+        reaches (every leaf forced dense).
       TypeError: for non-numeric arguments or a rule of the wrong type.
 
     Examples:
