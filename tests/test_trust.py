@@ -175,6 +175,29 @@ def test_global_scope_without_a_prunable_leaf_prunes_nothing(make, b_after):
     np.testing.assert_allclose(optax.apply_updates(params, updates)["b"], b_after)
 
 
+@pytest.mark.parametrize(
+    "returned",
+    [0.5, None, (True,), (True, "0.5"), (True, jnp.full(2, 0.5)), (True, 0.5, 1)],
+    ids=["float", "none", "one", "string", "vector", "three"],
+)
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda sch: jp.magnitude_pruning(sch),
+        lambda sch: jp.random_pruning(sch, key=KEY),
+        lambda sch: jp.sparse(optax.sgd(0.1), jp.magnitude_ste(sch)),
+        lambda sch: jp.sparse(optax.sgd(0.1), jp.movement_pruning(sch)),
+    ],
+    ids=["magnitude_pruning", "random_pruning", "magnitude_ste", "movement"],
+)
+def test_a_custom_schedule_of_the_wrong_form_is_named(make, returned):
+    params = {"w": jnp.ones((4, 4))}
+    tx = make(lambda step: returned)
+    state = tx.init(params)
+    with pytest.raises(TypeError, match="a schedule must return"):
+        tx.update(params, state, params)
+
+
 # --- apply_masks is strict ----------------------------------------------------------------
 
 

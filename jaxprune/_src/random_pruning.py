@@ -210,7 +210,7 @@ def random_pruning(
         # Leaves that share a schedule are updated together under one lax.cond.
         turns = []
         for sch, idx in link_core.groups_by_schedule(chosen, scheds):
-            should_prune, sparsity = sch(state.count)
+            should_prune, sparsity = transform_lib.call_schedule(sch, state.count)
             # A turn whose sparsity is NaN is skipped (nested masks would keep every entry
             # anyway; the cond is not even taken).
             should_prune = transform_lib.skip_nan_turn(should_prune, sparsity)[0]

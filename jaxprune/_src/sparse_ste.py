@@ -44,7 +44,7 @@ from jaxprune._src.sparse_core import (
     signed_keys,
     top_k_sources,
 )
-from jaxprune._src.transform import register_pruning_state, skip_nan_turn
+from jaxprune._src.transform import call_schedule, register_pruning_state, skip_nan_turn
 
 _SCOPES = ("layer", "global")
 
@@ -135,7 +135,7 @@ def _turn(schedule: Any) -> Any:
     """The schedule's turns, less those whose sparsity is NaN (the masks stay as they were)."""
 
     def turn(state: Any) -> Array:
-        should_prune, sparsity = schedule(state.count)
+        should_prune, sparsity = call_schedule(schedule, state.count)
         return skip_nan_turn(should_prune, sparsity)[0]
 
     return turn
@@ -241,7 +241,7 @@ def magnitude_ste(
 
     def recompute(plan: Any, state: Any, p: list, g: Any, u: Any) -> list[Array]:
         del plan, g, u  # p: w + u with "updated_params" in reads, else w
-        s = schedule(state.count)[1]
+        s = call_schedule(schedule, state.count)[1]
         m = list(jax.tree_util.tree_leaves(state.masks))
         idx = _pruned(m)
         if structure is not None:
@@ -319,7 +319,7 @@ def random_ste(
 
     def recompute(plan: Any, state: Any, p: list, g: Any, u: Any) -> list[Array]:
         del plan, g, u
-        s = schedule(state.count)[1]
+        s = call_schedule(schedule, state.count)[1]
         m = list(jax.tree_util.tree_leaves(state.masks))
         step_key = jax.random.fold_in(key, state.count)
         for i in _pruned(m):
@@ -399,7 +399,7 @@ def saliency_pruning(
 
     def recompute(plan: Any, state: Any, p: list, g: list, u: Any) -> list[Array]:
         del plan, u
-        s = schedule(state.count)[1]
+        s = call_schedule(schedule, state.count)[1]
         m = list(jax.tree_util.tree_leaves(state.masks))
         idx = _pruned(m)
         if structure is not None:
@@ -509,7 +509,7 @@ def movement_pruning(
 
     def recompute(plan: Any, state: MovementPruningState, p: list, g: Any, u: Any) -> list:
         del plan, g, u
-        s = schedule(state.count)[1]
+        s = call_schedule(schedule, state.count)[1]
         treedef = jax.tree_util.tree_structure(state.masks)
         m = treedef.flatten_up_to(state.masks)
         scores = treedef.flatten_up_to(state.scores)

@@ -149,6 +149,41 @@ def _check_schedule(schedule: Any, name: str) -> None:
         )
 
 
+def call_schedule(schedule: Any, step: Any) -> tuple[Array, Array]:
+    """``schedule(step)``, checked to be a pair of scalars ``(should_prune, sparsity)``.
+
+    Raises:
+      TypeError: for a custom schedule that returns anything else, naming what it returned
+        (at the first trace of the update, not deep inside the step).
+    """
+    out = schedule(step)
+    ok = isinstance(out, (tuple, list)) and len(out) == 2
+    if ok:
+        should_prune, sparsity = out
+        ok = not isinstance(should_prune, str) and not isinstance(sparsity, str)
+    if ok:
+        try:
+            should_prune, sparsity = jnp.asarray(should_prune), jnp.asarray(sparsity)
+        except TypeError:
+            ok = False
+    if not ok or should_prune.shape != () or sparsity.shape != ():
+        raise TypeError(
+            "a schedule must return a pair of scalars (should_prune: bool, sparsity: float), "
+            f"got {out!r} from {schedule!r}"
+        )
+    if not (
+        jnp.issubdtype(should_prune.dtype, jnp.bool_)
+        or jnp.issubdtype(should_prune.dtype, jnp.integer)
+    ) or not (
+        jnp.issubdtype(sparsity.dtype, jnp.floating) or jnp.issubdtype(sparsity.dtype, jnp.integer)
+    ):
+        raise TypeError(
+            "a schedule must return (should_prune: bool, sparsity: float), got dtypes "
+            f"({should_prune.dtype}, {sparsity.dtype}) from {schedule!r}"
+        )
+    return should_prune, sparsity
+
+
 def _leaf_schedules(schedule: Any, sparsity_map: Mapping[str, Any] | None) -> Any:
     """Validates ``sparsity_map`` and returns a function ``(paths, chosen) -> schedules``."""
     entries = leaf_rules.compile_map(sparsity_map, "sparsity_map")
@@ -509,7 +544,7 @@ def magnitude_pruning(
         turns = []
         skipped = jnp.zeros((), bool)
         for sch, idx in link_core.groups_by_schedule(chosen, scheds):
-            should_prune, sparsity = sch(state.count)
+            should_prune, sparsity = call_schedule(sch, state.count)
             should_prune, skip = skip_nan_turn(should_prune, sparsity)
             skipped = skipped | skip
             operands = (
