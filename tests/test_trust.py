@@ -136,6 +136,10 @@ def test_update_refuses_params_of_another_structure(name, mask_dtype):
     for other, only in [({"b": w, "c": w + 1}, "'c'"), ({"a": w}, "'b'")]:
         with pytest.raises(ValueError, match=f"another tree structure.*{only}"):
             tx.update(jax.tree.map(jnp.zeros_like, other), state, other)
+    # A leaf of another shape is named too.
+    with pytest.raises(ValueError, match=r"leaf 'b' of shape \(4, 5\).*mask of shape \(4, 4\)"):
+        other = {"a": w, "b": jnp.ones((4, 5))}
+        tx.update(jax.tree.map(jnp.zeros_like, other), state, other)
     # The same paths in other containers are refused too.
     other = {"a": (w,), "b": w + 1}
     state = tx.init({"a": [w], "b": w + 1})

@@ -213,7 +213,7 @@ def acdc(
         link_core.needs_params(params, "acdc")
         _, p_leaves, treedef, chosen, targets = plan(params)
         u_leaves = treedef.flatten_up_to(updates)
-        m_leaves, masks_def = packed_lib.read_masks(state.masks, treedef, packed)
+        m_leaves, masks_def = packed_lib.read_masks(state.masks, treedef, packed, p_leaves)
         idx = [i for i, on in enumerate(chosen) if on]
         compressed, starts = acdc_phases(
             state.count, warmup_steps=warmup, phase_steps=phase, final_start=final_start

@@ -545,7 +545,7 @@ def pruning_from_config(
         link_core.needs_params(params, "pruning_from_config")
         p_leaves, treedef, chosen, per_leaf = plan(params)
         u_leaves = treedef.flatten_up_to(updates)
-        m_leaves, masks_def = packed_lib.read_masks(state.masks, treedef, packed)
+        m_leaves, masks_def = packed_lib.read_masks(state.masks, treedef, packed, p_leaves)
         t_leaves = treedef.flatten_up_to(state.thresholds)
         idx = [i for i, on in enumerate(chosen) if on]
 

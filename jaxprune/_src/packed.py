@@ -182,20 +182,39 @@ def stored_masks(params: Any, masks: list[Any], packed: bool) -> Any:
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(bare), pack_pruned(masks))
 
 
-def read_masks(state_masks: Any, treedef: Any, packed: bool) -> tuple[list[Any], Any]:
+def read_masks(
+    state_masks: Any, treedef: Any, packed: bool, leaves: list[Any]
+) -> tuple[list[Any], Any]:
     """``(flat masks as stored, the tree structure to store them with)`` of a state.
 
-    ``treedef`` is the params' tree structure. Packed masks stay packed: unpack them
-    (:func:`as_bool`) where they are used, so XLA fuses the bit extraction into that use.
+    ``treedef`` is the params' tree structure and ``leaves`` their leaves. Packed masks stay
+    packed: unpack them (:func:`as_bool`) where they are used, so XLA fuses the bit extraction
+    into that use.
 
     Raises:
       ValueError: if the masks do not have the tree structure of the params (see
-        :func:`check_params_tree`).
+        :func:`check_params_tree`), or a pruned leaf's mask does not have the leaf's shape.
     """
     masks_def = check_params_tree(state_masks, treedef)
-    if not packed:
-        return treedef.flatten_up_to(state_masks), treedef
-    return jax.tree_util.tree_leaves(state_masks, is_leaf=is_packed), masks_def
+    if packed:
+        flat = jax.tree_util.tree_leaves(state_masks, is_leaf=is_packed)
+    else:
+        flat, masks_def = treedef.flatten_up_to(state_masks), treedef
+    for path, m, x in zip(_paths(treedef), flat, leaves):
+        shape = m.shape if is_packed(m) else tuple(np.shape(m))
+        if shape and shape != tuple(np.shape(x)):
+            raise ValueError(
+                f"update was given a leaf {path!r} of shape {tuple(np.shape(x))}, but the state "
+                f"holds a mask of shape {shape} for it (from the params init was given); pass "
+                "the params the state was made for, or call init again"
+            )
+    return flat, masks_def
+
+
+def _paths(tree_def: Any) -> list[str]:
+    """The ``/``-joined leaf paths of a tree structure."""
+    dummy = jax.tree_util.tree_unflatten(tree_def, [0] * tree_def.num_leaves)
+    return [path_str(path) for path, _ in jax.tree_util.tree_flatten_with_path(dummy)[0]]
 
 
 def check_params_tree(state_masks: Any, treedef: Any) -> Any:
@@ -213,12 +232,7 @@ def check_params_tree(state_masks: Any, treedef: Any) -> Any:
     if masks_def == treedef:
         return masks_def
 
-    def paths(tree_def: Any) -> list[str]:
-        dummy = jax.tree_util.tree_unflatten(tree_def, [0] * tree_def.num_leaves)
-        flat = jax.tree_util.tree_flatten_with_path(dummy)[0]
-        return [path_str(path) for path, _ in flat]
-
-    p_paths, m_paths = paths(treedef), paths(masks_def)
+    p_paths, m_paths = _paths(treedef), _paths(masks_def)
     missing = [p for p in p_paths if p not in set(m_paths)]
     extra = [p for p in m_paths if p not in set(p_paths)]
     detail = (

@@ -205,7 +205,7 @@ def random_pruning(
         link_core.needs_params(params, "random_pruning")
         p_leaves, treedef, chosen, scheds = plan(params)
         u_leaves = treedef.flatten_up_to(updates)
-        m_leaves, masks_def = packed_lib.read_masks(state.masks, treedef, packed)
+        m_leaves, masks_def = packed_lib.read_masks(state.masks, treedef, packed, p_leaves)
 
         # Leaves that share a schedule are updated together under one lax.cond.
         turns = []

@@ -266,7 +266,7 @@ def sparse(
             )
         _, p_leaves, treedef = spec.flatten(params)
         astate = state.algorithm
-        stored, masks_def = packed_lib.read_masks(astate.masks, treedef, packed)
+        stored, masks_def = packed_lib.read_masks(astate.masks, treedef, packed, p_leaves)
         g_leaves = treedef.flatten_up_to(updates)
         words = None
         if packed:

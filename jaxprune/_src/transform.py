@@ -537,7 +537,7 @@ def magnitude_pruning(
         link_core.needs_params(params, "magnitude_pruning")
         p_leaves, treedef, chosen, scheds, structs, axes = plan(params)
         u_leaves = treedef.flatten_up_to(updates)
-        m_leaves, masks_def = packed_lib.read_masks(state.masks, treedef, packed)
+        m_leaves, masks_def = packed_lib.read_masks(state.masks, treedef, packed, p_leaves)
 
         # Leaves that share a schedule (and, with global scope, a threshold) are updated
         # together under one lax.cond.
