@@ -174,7 +174,7 @@ def test_no_prunable_leaf(fn):
 def test_bad_rules(fn):
     with pytest.raises(ValueError, match="prune="):
         fn(MLP, 0.5, prune="nothing_like_this")
-    with pytest.raises(ValueError, match="exclude="):
+    with pytest.raises(ValueError, match="exclude='nothing_like_this' matches no leaf"):
         fn(MLP, 0.5, exclude="nothing_like_this")
     with pytest.raises(ValueError, match="exclude is not a valid regular expression"):
         fn(MLP, 0.5, exclude="(")

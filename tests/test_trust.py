@@ -202,6 +202,16 @@ def test_a_custom_schedule_of_the_wrong_form_is_named(make, returned):
         tx.update(params, state, params)
 
 
+def test_get_masks_with_two_pruning_states_names_them():
+    params = {"w": jnp.ones((4, 4))}
+    state = jp.sparse(optax.sgd(0.1), jp.static_sparse(0.5, key=KEY)).init(params)
+    links = jp.random_pruning(_ONE_HALF, key=KEY).init(params)
+    with pytest.raises(ValueError, match=r"found 2 \(SparseMaskState, RandomPruningState\)"):
+        jp.get_masks((state, links))
+    with pytest.raises(ValueError, match="found 0"):
+        jp.get_masks(optax.sgd(0.1).init(params))
+
+
 # --- apply_masks is strict ----------------------------------------------------------------
 
 

@@ -54,7 +54,9 @@ def pruned_shapes(
     if drop is not None:
         dropped = [_matches(drop, p, x) for p, x in zip(paths, leaves)]
         if not any(dropped):
-            raise ValueError(f"exclude={drop!r} matches no leaf; leaf paths are {paths}")
+            raise ValueError(
+                f"exclude={leaf_rules.describe(drop)} matches no leaf; leaf paths are {paths}"
+            )
         chosen = [on and not d for on, d in zip(chosen, dropped)]
     out = {p: tuple(int(d) for d in np.shape(x)) for p, x, on in zip(paths, leaves, chosen) if on}
     if not out:

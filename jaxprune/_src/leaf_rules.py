@@ -111,11 +111,11 @@ def select(
     if not any(dropped):
         picked = [p for p, on in zip(paths, chosen) if on]
         raise ValueError(
-            f"exclude={_describe(exclude)} matches no pruned leaf; pruned leaves are {picked}"
+            f"exclude={describe(exclude)} matches no pruned leaf; pruned leaves are {picked}"
         )
     out = [on and not d for on, d in zip(chosen, dropped)]
     if not any(out):
-        raise ValueError(f"exclude={_describe(exclude)} removes every pruned leaf")
+        raise ValueError(f"exclude={describe(exclude)} removes every pruned leaf")
     return out
 
 
@@ -137,12 +137,24 @@ def _select(paths: list[str], leaves: list[Any], rule: Any, name: str) -> list[b
             )
         chosen.append(leaf.ndim > 0 and leaf.size > 0)
     if not any_match:
-        raise ValueError(f"{name}={_describe(rule)} matches no leaf; leaf paths are {paths}")
+        raise ValueError(f"{name}={describe(rule)} matches no leaf; leaf paths are {paths}")
     return chosen
 
 
-def _describe(rule: Any) -> str:
-    return repr(rule.pattern) if isinstance(rule, re.Pattern) else repr(rule)
+def describe(rule: Any) -> str:
+    """A rule as the user wrote it: a regex's pattern (see :func:`shown`), else its repr."""
+    return repr(shown(rule)) if isinstance(rule, re.Pattern) else repr(rule)
+
+
+def shown(rx: re.Pattern) -> str:
+    """``rx``'s pattern, or the exact path it matches if it is ``^`` + ``re.escape(path)`` + ``$``
+    (how maps keyed by exact paths, such as :func:`jaxprune.erk_sparsities`' result, are held)."""
+    found = re.fullmatch(r"\^(.*)\$", rx.pattern, re.S)
+    if found:
+        plain = re.sub(r"\\(.)", r"\1", found.group(1), flags=re.S)
+        if re.escape(plain) == found.group(1):
+            return plain
+    return rx.pattern
 
 
 def compile_map(mapping: Mapping[str, Any] | None, name: str) -> list[tuple[re.Pattern, Any]]:
@@ -174,7 +186,7 @@ def lookup(
             continue
         hits = [j for j, (rx, _) in enumerate(entries) if rx.search(path)]
         if len(hits) > 1:
-            keys = [entries[j][0].pattern for j in hits]
+            keys = [shown(entries[j][0]) for j in hits]
             raise ValueError(f"multiple matches in {name} for leaf {path!r}: {keys}")
         if hits:
             used[hits[0]] = True
@@ -183,6 +195,6 @@ def lookup(
         if not was_used:
             pruned = [p for p, on in zip(paths, chosen) if on]
             raise ValueError(
-                f"{name} entry {rx.pattern!r} matches no pruned leaf; pruned leaves are {pruned}"
+                f"{name} entry {shown(rx)!r} matches no pruned leaf; pruned leaves are {pruned}"
             )
     return values

@@ -65,8 +65,10 @@ def get_pruning_state(opt_state: Any) -> MagnitudePruningState:
     states = find_pruning_states(opt_state)
     if len(states) != 1:
         raise ValueError(
-            f"expected exactly one magnitude_pruning state in opt_state, found {len(states)}; "
-            "pass the part of the optimizer state that holds it"
+            "expected exactly one pruning state (of magnitude_pruning, random_pruning, acdc, "
+            f"sparse(...) or another pruning transformation) in opt_state, found {len(states)}"
+            + ("" if not states else f" ({', '.join(type(x).__name__ for x in states)})")
+            + "; pass the part of the optimizer state that holds the one you mean"
         )
     return states[0]
 

@@ -192,18 +192,18 @@ def _leaf_schedules(schedule: Any, sparsity_map: Mapping[str, Any] | None) -> An
         if isinstance(value, PruningSchedule) or callable(value):
             resolved.append((rx, value))
             continue
-        PruningSchedule.validate_sparsity(value, f"sparsity_map[{rx.pattern!r}]")
+        PruningSchedule.validate_sparsity(value, f"sparsity_map[{leaf_rules.shown(rx)!r}]")
         final = getattr(schedule, "final_sparsity_value", None)
         if not final:
             raise ValueError(
-                f"sparsity_map[{rx.pattern!r}] is a float, which rescales the schedule's curve to "
-                "end at that value; that needs a schedule with a final sparsity > 0 (got "
+                f"sparsity_map[{leaf_rules.shown(rx)!r}] is a float, which rescales the schedule's "
+                "curve to end at that value; that needs a schedule with a final sparsity > 0 (got "
                 f"{final!r} from {schedule!r}). Give a schedule as the value instead."
             )
         initial = float(getattr(schedule, "initial_sparsity", 0.0))
         if max(initial, float(final)) * float(value) / float(final) >= 1.0:
             raise ValueError(
-                f"sparsity_map[{rx.pattern!r}] = {value!r} rescales the schedule by "
+                f"sparsity_map[{leaf_rules.shown(rx)!r}] = {value!r} rescales the schedule by "
                 f"{value}/{final}, which takes its initial sparsity {initial} to 1 or more; "
                 "give a schedule as the value instead"
             )
@@ -233,7 +233,7 @@ def _leaf_structures(structure: Any) -> Any:
     for rx, value in entries:
         if not callable(value):
             raise TypeError(
-                f"structure[{rx.pattern!r}] must be a structure such as "
+                f"structure[{leaf_rules.shown(rx)!r}] must be a structure such as "
                 f"jaxprune.NMSparsity(2, 4), got {value!r}"
             )
 
@@ -255,7 +255,9 @@ def _leaf_axes(stacked_axes: Mapping[str, int] | None) -> Any:
     entries = leaf_rules.compile_map(stacked_axes, "stacked_axes")
     for rx, value in entries:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise TypeError(f"stacked_axes[{rx.pattern!r}] must be an int axis, got {value!r}")
+            raise TypeError(
+                f"stacked_axes[{leaf_rules.shown(rx)!r}] must be an int axis, got {value!r}"
+            )
 
     def per_leaf(paths: list[str], leaves: list[Any], chosen: list[bool]) -> list[Any]:
         out = []
