@@ -291,6 +291,28 @@ def test_owl_equal_ratios_uniform():
 # ----- bad input -----
 
 
+def test_layer_functions_under_jit_with_arrays_closed_over():
+    # Concrete arrays closed over by a jitted function are checked for NaN at once, not by
+    # bool() of a traced result; lax.map over stacked kernels (nn.scan) works the same way.
+    x = jax.random.normal(jax.random.key(1), (32, 16))
+    w = jax.random.normal(jax.random.key(0), (16, 8))
+    h = pt.hessian_from_inputs(x)
+    norms = jnp.linalg.norm(x, axis=0)
+    np.testing.assert_array_equal(
+        jax.jit(lambda w: pt.wanda_mask(w, norms, 0.5))(w), pt.wanda_mask(w, norms, 0.5)
+    )
+    got = jax.jit(lambda w: pt.sparsegpt_prune(w, h, 0.5))(w)
+    want = pt.sparsegpt_prune(w, h, 0.5)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_allclose(jax.jit(lambda: pt.hessian_from_inputs(x))(), h, atol=1e-5)
+    stacked = jax.lax.map(lambda w: pt.sparsegpt_prune(w, h, 0.5)[1], jnp.stack([w, 2 * w]))
+    np.testing.assert_array_equal(stacked[0], want[1])
+    # A NaN weight is named as such (it used to be blamed on the Hessian).
+    with pytest.raises(ValueError, match="w contains NaN or inf"):
+        pt.sparsegpt_prune(w.at[3, 0].set(jnp.nan), h, 0.5)
+
+
 def test_bad_inputs():
     w = jnp.ones((8, 3))
     h = jnp.eye(8)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -97,8 +97,16 @@ def _kernel(w: ArrayLike, name: str = "w") -> Array:
     return w
 
 
+def _all(fn: Callable[..., Array], *xs: Any) -> bool:
+    """``all(fn(*xs))`` for concrete ``xs``, computed now even inside a ``jit`` trace (arrays
+    closed over by a jitted function are concrete there, and ``bool`` of a traced result would
+    fail)."""
+    with jax.ensure_compile_time_eval():
+        return bool(jnp.all(fn(*xs)))
+
+
 def _check_finite(x: Array, name: str, what: str) -> None:
-    if _is_concrete(x) and not bool(jnp.all(jnp.isfinite(x))):
+    if _is_concrete(x) and not _all(jnp.isfinite, x):
         raise ValueError(f"{name} contains NaN or inf ({what})")
 
 
@@ -225,7 +233,7 @@ def wanda_mask(
             f"input_norms must have shape (in,) = ({w.shape[0]},) for a kernel of shape "
             f"{w.shape}, got {norms.shape}"
         )
-    if _is_concrete(norms) and not bool(jnp.all(jnp.isfinite(norms) & (norms >= 0))):
+    if _is_concrete(norms) and not _all(lambda n: jnp.isfinite(n) & (n >= 0), norms):
         raise ValueError("input_norms must be finite and >= 0 (NaN or inf in calibration data?)")
     sparsity, n_m = _sparsity_or_n_m(sparsity, n_m, w.shape[0])
     pruned = int(w.shape[0] * sparsity)
@@ -484,11 +492,13 @@ def sparsegpt_prune(
     if not (math.isfinite(damping) and damping > 0):
         raise ValueError(f"damping must be a finite float > 0, got {damping!r}")
     _check_finite(h, "hessian", "NaN or inf in calibration data?")
+    _check_finite(w, "w", "NaN or inf weights cannot be pruned by SparseGPT")
     new_w, mask = _sparsegpt(w, h, sparsity, n_m, int(block_size), float(damping))
-    if _is_concrete(new_w) and not bool(jnp.all(jnp.isfinite(new_w) | ~jnp.isfinite(w))):
+    if _is_concrete(new_w) and not _all(jnp.isfinite, new_w):
         raise ValueError(
-            "the damped Hessian is not positive definite (its Cholesky factorisation failed); "
-            "increase damping"
+            "the pruned weights are not finite: the damped Hessian is not positive definite (its "
+            "Cholesky factorisation failed; increase damping), or the weights' updates overflow "
+            f"{jnp.dtype(w.dtype).name} (prune in float32 and cast after)"
         )
     return new_w, mask
 
