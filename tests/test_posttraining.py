@@ -809,6 +809,32 @@ def test_runner_blocks_owl_and_errors():
         prune_oneshot(fn, params, batches, method="wanda", blocks=lambda path: [path])
 
 
+def test_runner_options_refused_before_the_calibration_pass():
+    # Checked up front, for every method (a calibration pass of an LLM takes minutes).
+    calls = []
+
+    def fn(params, x):
+        jax.debug.callback(lambda: calls.append(1))
+        return x @ params["w"]
+
+    params = {"w": jnp.ones((8, 4))}
+    batches = [jnp.ones((2, 8))]
+    for kwargs, match in [
+        (dict(method="sparsegpt", block_size=0), "block_size must be >= 1"),
+        (dict(method="sparsegpt", damping=-1.0), "damping must be a finite float > 0"),
+        (dict(method="wanda", damping="x"), "damping must be a float"),
+        (dict(method="sparsegpt", n_m=(2, 4), block_size=6), "multiple of m=4"),
+        (dict(method="wanda", owl=True, owl_lam=-1.0), "owl_lam must be"),
+        (dict(method="wanda", owl_threshold="5"), "owl_threshold must be a real number"),
+    ]:
+        kwargs.setdefault("sparsity", None if "n_m" in kwargs else 0.5)
+        with pytest.raises((TypeError, ValueError), match=match):
+            prune_oneshot(fn, params, batches, **kwargs)
+    assert not calls
+    # N:M with Wanda does not constrain SparseGPT's block size.
+    prune_oneshot(fn, params, batches, method="wanda", sparsity=None, n_m=(1, 8), block_size=6)
+
+
 def test_runner_inconsistent_batches_refused_before_any_work():
     params, batches = _mlp_setup()
     calls = []

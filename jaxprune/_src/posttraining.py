@@ -243,6 +243,27 @@ def wanda_mask(
 # ----- SparseGPT -----
 
 
+def check_sparsegpt_options(
+    block_size: Any, damping: Any, n_m: tuple[int, int] | None, prefix: str = ""
+) -> None:
+    """Refuses a ``block_size`` that is not a positive int (a multiple of ``m`` with N:M) or a
+    ``damping`` that is not a finite float > 0; ``prefix`` names the options' owner's spelling
+    of them (e.g. ``"owl_"``), empty for :func:`sparsegpt_prune`."""
+    if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral):
+        raise TypeError(f"{prefix}block_size must be an int, got {block_size!r}")
+    if block_size < 1:
+        raise ValueError(f"{prefix}block_size must be >= 1, got {block_size}")
+    if n_m is not None and block_size % n_m[1]:
+        raise ValueError(
+            f"{prefix}block_size={block_size} must be a multiple of m={n_m[1]} so that N:M "
+            "groups do not cross blocks"
+        )
+    if isinstance(damping, bool) or not isinstance(damping, numbers.Real):
+        raise TypeError(f"{prefix}damping must be a float, got {damping!r}")
+    if not (math.isfinite(damping) and damping > 0):
+        raise ValueError(f"{prefix}damping must be a finite float > 0, got {damping!r}")
+
+
 def hessian_from_inputs(x: ArrayLike) -> Array:
     r"""The layer Hessian SparseGPT uses, :math:`H = \tfrac{2}{N} X^\top X`, in float32.
 
@@ -478,19 +499,7 @@ def sparsegpt_prune(
             f"{w.shape}, got {h.shape}"
         )
     sparsity, n_m = _sparsity_or_n_m(sparsity, n_m, d_in)
-    if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral):
-        raise TypeError(f"block_size must be an int, got {block_size!r}")
-    if block_size < 1:
-        raise ValueError(f"block_size must be >= 1, got {block_size}")
-    if n_m is not None and block_size % n_m[1]:
-        raise ValueError(
-            f"block_size={block_size} must be a multiple of m={n_m[1]} so that N:M groups "
-            "do not cross blocks"
-        )
-    if isinstance(damping, bool) or not isinstance(damping, numbers.Real):
-        raise TypeError(f"damping must be a float, got {damping!r}")
-    if not (math.isfinite(damping) and damping > 0):
-        raise ValueError(f"damping must be a finite float > 0, got {damping!r}")
+    check_sparsegpt_options(block_size, damping, n_m)
     _check_finite(h, "hessian", "NaN or inf in calibration data?")
     _check_finite(w, "w", "NaN or inf weights cannot be pruned by SparseGPT")
     new_w, mask = _sparsegpt(w, h, sparsity, n_m, int(block_size), float(damping))
@@ -504,6 +513,18 @@ def sparsegpt_prune(
 
 
 # ----- OWL -----
+
+
+def check_owl_options(threshold: Any, lam: Any, prefix: str = "") -> None:
+    """Refuses an OWL ``threshold`` that is not a finite number > 0 or a ``lam`` that is not a
+    finite number >= 0 (``prefix``: the caller's spelling, e.g. ``"owl_"``)."""
+    for v, name in ((threshold, "threshold"), (lam, "lam")):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise TypeError(f"{prefix}{name} must be a real number, got {v!r}")
+    if not (math.isfinite(threshold) and threshold > 0):
+        raise ValueError(f"{prefix}threshold must be a finite number > 0, got {threshold!r}")
+    if not (math.isfinite(lam) and lam >= 0):
+        raise ValueError(f"{prefix}lam must be a finite number >= 0, got {lam!r}")
 
 
 def owl_sparsities(
@@ -563,13 +584,7 @@ def owl_sparsities(
       https://github.com/luuyin/OWL
     """
     sparsity = check_static_sparsity(sparsity)
-    for v, name in ((threshold, "threshold"), (lam, "lam")):
-        if isinstance(v, bool) or not isinstance(v, numbers.Real):
-            raise TypeError(f"{name} must be a real number, got {v!r}")
-    if not (math.isfinite(threshold) and threshold > 0):
-        raise ValueError(f"threshold must be a finite number > 0, got {threshold!r}")
-    if not (math.isfinite(lam) and lam >= 0):
-        raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
+    check_owl_options(threshold, lam)
     if isinstance(scores_per_layer, jax.Array | np.ndarray) or not len(scores_per_layer):
         raise ValueError("scores_per_layer must be a non-empty sequence of per-layer arrays")
     ratios, sizes = [], []

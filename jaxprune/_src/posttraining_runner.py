@@ -779,6 +779,9 @@ def prune_oneshot(
       https://arxiv.org/abs/2310.05175
     """
     sparsity, n_m = _check_method_args(method, sparsity, n_m, owl)
+    # Every option is checked before the calibration pass, whether the method uses it or not.
+    pt.check_sparsegpt_options(block_size, damping, n_m if method == "sparsegpt" else None)
+    pt.check_owl_options(owl_threshold, owl_lam, prefix="owl_")
     for value, name in ((sequential, "sequential"), (progress, "progress")):
         if not isinstance(value, bool):
             raise TypeError(f"{name} must be a bool, got {value!r}")
