@@ -181,8 +181,8 @@ def test_global_scope_without_a_prunable_leaf_prunes_nothing(make, b_after):
 
 @pytest.mark.parametrize(
     "returned",
-    [0.5, None, (True,), (True, "0.5"), (True, jnp.full(2, 0.5)), (True, 0.5, 1)],
-    ids=["float", "none", "one", "string", "vector", "three"],
+    [0.5, None, (True,), (True, "0.5"), (True, jnp.full(2, 0.5)), (True, 0.5, 1), (True, None)],
+    ids=["float", "none", "one", "string", "vector", "three", "none-sparsity"],
 )
 @pytest.mark.parametrize(
     "make",
@@ -210,6 +210,26 @@ def test_get_masks_with_two_pruning_states_names_them():
         jp.get_masks((state, links))
     with pytest.raises(ValueError, match="found 0"):
         jp.get_masks(optax.sgd(0.1).init(params))
+
+
+def test_packed_masks_with_nnx_params_and_float_flags():
+    # Packed masks are stored without nnx Variable wrappers; the structure check knows it.
+    # A schedule's float flag is read as a bool.
+    from flax import nnx
+
+    class Two(nnx.Module):
+        def __init__(self, rngs):
+            self.l1, self.l2 = nnx.Linear(8, 8, rngs=rngs), nnx.Linear(8, 4, rngs=rngs)
+
+    params = nnx.state(Two(nnx.Rngs(0)), nnx.Param)
+    for tx in [
+        jp.magnitude_pruning(_ONE_HALF, mask_dtype="packed"),
+        jp.random_pruning(_ONE_HALF, key=KEY, mask_dtype="packed"),
+        jp.sparse(optax.sgd(0.1), jp.magnitude_ste(_ONE_HALF), mask_dtype="packed"),
+        jp.magnitude_pruning(lambda step: (jnp.float32(1.0), jnp.float32(0.5))),
+    ]:
+        _, state = tx.update(params, tx.init(params), params)
+        assert int(jp.get_masks(state)["l1"]["kernel"].sum()) == 32
 
 
 # --- apply_masks is strict ----------------------------------------------------------------

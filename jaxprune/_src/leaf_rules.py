@@ -146,14 +146,20 @@ def describe(rule: Any) -> str:
     return repr(shown(rule)) if isinstance(rule, re.Pattern) else repr(rule)
 
 
+# Exact-path keys are held as regexes marked with this comment group (matching ignores it), so
+# that messages can show the path itself and leave a regex the user wrote as written.
+_EXACT = "(?#exact path)"
+
+
+def exact_path_pattern(path: str) -> str:
+    """A regex that matches the leaf path ``path`` exactly (messages show it as ``path``)."""
+    return _EXACT + "^" + re.escape(path) + "$"
+
+
 def shown(rx: re.Pattern) -> str:
-    """``rx``'s pattern, or the exact path it matches if it is ``^`` + ``re.escape(path)`` + ``$``
-    (how maps keyed by exact paths, such as :func:`jaxprune.erk_sparsities`' result, are held)."""
-    found = re.fullmatch(r"\^(.*)\$", rx.pattern, re.S)
-    if found:
-        plain = re.sub(r"\\(.)", r"\1", found.group(1), flags=re.S)
-        if re.escape(plain) == found.group(1):
-            return plain
+    """``rx``'s pattern, or the path of an :func:`exact_path_pattern`."""
+    if rx.pattern.startswith(_EXACT + "^") and rx.pattern.endswith("$"):
+        return re.sub(r"\\(.)", r"\1", rx.pattern[len(_EXACT) + 1 : -1], flags=re.S)
     return rx.pattern
 
 

@@ -195,14 +195,15 @@ def read_masks(
       ValueError: if the masks do not have the tree structure of the params (see
         :func:`check_params_tree`), or a pruned leaf's mask does not have the leaf's shape.
     """
-    masks_def = check_params_tree(state_masks, treedef)
+    masks_def = check_params_tree(state_masks, treedef, leaves)
     if packed:
         flat = jax.tree_util.tree_leaves(state_masks, is_leaf=is_packed)
     else:
         flat, masks_def = treedef.flatten_up_to(state_masks), treedef
-    for path, m, x in zip(_paths(treedef), flat, leaves):
+    for i, (m, x) in enumerate(zip(flat, leaves)):
         shape = m.shape if is_packed(m) else tuple(np.shape(m))
         if shape and shape != tuple(np.shape(x)):
+            path = _paths(jax.tree_util.tree_unflatten(treedef, leaves))[i]
             raise ValueError(
                 f"update was given a leaf {path!r} of shape {tuple(np.shape(x))}, but the state "
                 f"holds a mask of shape {shape} for it (from the params init was given); pass "
@@ -211,28 +212,35 @@ def read_masks(
     return flat, masks_def
 
 
-def _paths(tree_def: Any) -> list[str]:
-    """The ``/``-joined leaf paths of a tree structure."""
-    dummy = jax.tree_util.tree_unflatten(tree_def, [0] * tree_def.num_leaves)
-    return [path_str(path) for path, _ in jax.tree_util.tree_flatten_with_path(dummy)[0]]
+def _paths(tree: Any) -> list[str]:
+    """The ``/``-joined leaf paths of ``tree`` (a :class:`PackedMask` is one leaf)."""
+    return [
+        path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_packed)[0]
+    ]
 
 
-def check_params_tree(state_masks: Any, treedef: Any) -> Any:
-    """The masks' tree structure, checked against the params' ``treedef``.
+def check_params_tree(state_masks: Any, treedef: Any, leaves: list[Any]) -> Any:
+    """The masks' tree structure, checked against the params' (``treedef`` and ``leaves``).
 
     A pruning state's masks have a leaf (a bool array, a scalar or a :class:`PackedMask`) in
-    the place of every leaf of the params its ``init`` was given. Params of another structure at
-    ``update`` would otherwise pair masks with the wrong leaves, or fail deep inside the step.
+    the place of every leaf of the params its ``init`` was given (packed masks without flax.nnx
+    ``Variable`` wrappers, see :func:`stored_masks`). Params of another structure at ``update``
+    would otherwise pair masks with the wrong leaves, or fail deep inside the step.
 
     Raises:
       ValueError: naming the leaf paths that only one of the two has (or, with the same paths,
         both structures).
     """
+    from jaxprune._src import trees  # trees imports this module
+
     masks_def = jax.tree_util.tree_structure(state_masks, is_leaf=is_packed)
     if masks_def == treedef:
         return masks_def
-
-    p_paths, m_paths = _paths(treedef), _paths(masks_def)
+    params = jax.tree_util.tree_unflatten(treedef, leaves)
+    bare = jax.tree.map(trees.unwrap, params, is_leaf=trees.is_variable)
+    if masks_def == jax.tree_util.tree_structure(bare):
+        return masks_def
+    p_paths, m_paths = _paths(bare), _paths(state_masks)
     missing = [p for p in p_paths if p not in set(m_paths)]
     extra = [p for p in m_paths if p not in set(p_paths)]
     detail = (

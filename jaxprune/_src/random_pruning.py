@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -74,7 +73,7 @@ def exact_path_map(
     for path, value in sparsity_map.items():
         if not isinstance(path, str):
             raise TypeError(f"{name} keys must be leaf paths (str), got {path!r}")
-        out["^" + re.escape(path) + "$"] = value
+        out[spec.exact_path_pattern(path)] = value
     return out
 
 

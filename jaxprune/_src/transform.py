@@ -164,16 +164,18 @@ def call_schedule(schedule: Any, step: Any) -> tuple[Array, Array]:
     if ok:
         try:
             should_prune, sparsity = jnp.asarray(should_prune), jnp.asarray(sparsity)
-        except TypeError:
+        except (TypeError, ValueError):  # e.g. None
             ok = False
     if not ok or should_prune.shape != () or sparsity.shape != ():
         raise TypeError(
             "a schedule must return a pair of scalars (should_prune: bool, sparsity: float), "
             f"got {out!r} from {schedule!r}"
         )
+    # A float flag is read as a bool (nonzero: prune), as before the check.
     if not (
         jnp.issubdtype(should_prune.dtype, jnp.bool_)
         or jnp.issubdtype(should_prune.dtype, jnp.integer)
+        or jnp.issubdtype(should_prune.dtype, jnp.floating)
     ) or not (
         jnp.issubdtype(sparsity.dtype, jnp.floating) or jnp.issubdtype(sparsity.dtype, jnp.integer)
     ):
