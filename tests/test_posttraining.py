@@ -809,6 +809,32 @@ def test_runner_blocks_owl_and_errors():
         prune_oneshot(fn, params, batches, method="wanda", blocks=lambda path: [path])
 
 
+def test_runner_warns_about_kernels_it_cannot_prune():
+    # Rank-3 DenseGeneral kernels (as in attention) are read by a dot_general, but not as an
+    # (in, out) layer: they stay dense, and prune_oneshot says which, instead of nothing.
+    class Model(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            y = nn.DenseGeneral((4, 8))(nn.Dense(16)(x))
+            return nn.DenseGeneral(16, axis=(-2, -1))(y)
+
+    model, x = Model(), normal(0, (4, 16))
+    params = model.init(jax.random.key(0), x)
+    with pytest.warns(UserWarning, match="leaves these leaves dense") as record:
+        _, masks = prune_oneshot(model.apply, params, [x], method="wanda", sparsity=0.5)
+    message = str(record[0].message)
+    assert "params/DenseGeneral_0/kernel" in message and "params/DenseGeneral_1/kernel" in message
+    assert "Dense_0/kernel" not in message.replace("DenseGeneral_0/kernel", "")
+    assert int(masks["params"]["Dense_0"]["kernel"].sum()) == 16 * 16 // 2
+    assert masks["params"]["DenseGeneral_0"]["kernel"].shape == ()
+    # layers= naming only such a kernel says why it matches no layer.
+    match = r"matches no linear layer.*read otherwise.*DenseGeneral_0"
+    with pytest.raises(ValueError, match=match):
+        prune_oneshot(model.apply, params, [x], method="wanda", layers="DenseGeneral_0")
+    # layers= that leaves them out: no warning.
+    prune_oneshot(model.apply, params, [x], method="wanda", layers="Dense_0")
+
+
 def test_runner_options_refused_before_the_calibration_pass():
     # Checked up front, for every method (a calibration pass of an LLM takes minutes).
     calls = []

@@ -496,13 +496,34 @@ def _select(paths, leaves, sites, uses, refused, layers) -> list[int]:
         if any("loop" in w for w in u) and is_float_array(leaves[i]) and np.ndim(leaves[i]) >= 2
     }
     candidates = sorted(set(by_leaf) | looped | set(refused))
+    # Float leaves of rank >= 2 that a dot_general or a convolution reads in another way than
+    # a layer (a rank-3 DenseGeneral or attention kernel, a kernel as a convolution's input):
+    # they stay dense, and prune_oneshot says so.
+    other = sorted(
+        i
+        for i, u in uses.items()
+        if i not in by_leaf
+        and i not in looped
+        and i not in refused
+        and is_float_array(leaves[i])
+        and np.ndim(leaves[i]) >= 2
+        and any("dot_general" in w or "conv_general_dilated" in w for w in u)
+    )
     if layers is not None:
         rx = layers
         chosen = [i for i in candidates if rx.search(paths[i])]
+        other = [i for i in other if rx.search(paths[i])]
         if not chosen:
+            also = (
+                f"; it matches leaves read otherwise (not as a 2-D kernel or a plain "
+                f"convolution kernel), which cannot be pruned: {_uses_of(other, paths, uses)}"
+                if other
+                else ""
+            )
             raise ValueError(
                 f"layers={rx.pattern!r} matches no linear layer; the leaves read by a "
                 f"dot_general or as a convolution kernel are {[paths[i] for i in candidates]}"
+                + also
             )
     else:
         chosen = candidates
@@ -532,7 +553,19 @@ def _select(paths, leaves, sites, uses, refused, layers) -> list[int]:
                 f"{paths[i]!r} is read by {len(u)} operations {counts} (tied weights?); a layer "
                 "must be read by exactly one dot_general; exclude it with layers="
             )
+    if other:
+        warnings.warn(
+            "prune_oneshot leaves these leaves dense: they are read by a dot_general or a "
+            "convolution, but not as a 2-D kernel or a plain convolution kernel (e.g. a "
+            "DenseGeneral or attention kernel of rank 3), so they have no (in, out) layer to "
+            f"calibrate: {_uses_of(other, paths, uses)}",
+            stacklevel=3,
+        )
     return sorted(by_leaf[i][0] for i in chosen)
+
+
+def _uses_of(idx: list[int], paths: list[str], uses: dict[int, list[str]]) -> dict[str, list]:
+    return {paths[i]: sorted(set(uses[i])) for i in idx}
 
 
 def _check_method_args(method, sparsity, n_m, owl) -> tuple[float | None, Any]:
@@ -757,9 +790,15 @@ def prune_oneshot(
         ``layers`` or ``blocks`` regex that does not compile or matches no layer, blocks whose
         layers are not consecutive, a batch axis that the mesh does not divide, or a selected
         leaf that is read by more than one operation (tied weights), inside a
-        scan/while/cond, or by a grouped convolution.
+        scan/while/cond, or by a grouped convolution. A bad ``block_size``, ``damping``,
+        ``owl_threshold`` or ``owl_lam`` is refused before any calibration, whatever the method.
       TypeError: for ``layers``/``blocks``/``mesh`` of the wrong type, a ``blocks`` callable
         returning an unhashable key, or a non-bool ``sequential``/``owl``/``progress``.
+
+    Warns:
+      UserWarning: naming the float leaves of rank >= 2 that a ``dot_general`` or a
+        convolution reads, but not as a 2-D kernel or a plain convolution kernel (a rank-3
+        ``DenseGeneral`` kernel, for one): they are left dense.
 
     Examples:
       >>> import jax, jax.numpy as jnp
