@@ -835,6 +835,32 @@ def test_runner_warns_about_kernels_it_cannot_prune():
     prune_oneshot(model.apply, params, [x], method="wanda", layers="Dense_0")
 
 
+def test_empty_and_mistyped_inputs_are_named():
+    w, x = jnp.ones((8, 4)), jnp.ones((4, 8))
+
+    def fn(p, x):
+        return x @ p["w"]
+
+    with pytest.raises(ValueError, match="x has no input features"):
+        pt.hessian_from_inputs(jnp.ones((4, 0)))
+    with pytest.raises(ValueError, match=r"w is empty \(shape \(0, 4\)\)"):
+        pt.sparsegpt_prune(jnp.ones((0, 4)), jnp.eye(0), 0.5)
+    with pytest.raises(ValueError, match=r"scores_per_layer\[0\] has negative entries"):
+        pt.owl_sparsities([-jnp.ones(10), jnp.ones(10)], 0.5)
+    # A bool or a string sparsity would convert to a float: refused.
+    for bad in (True, "0.5", np.array("0.5"), np.array(False)):
+        with pytest.raises(TypeError, match="sparsity must be a real number"):
+            magnitude_mask(w, bad)
+    # One array as calibration_batches would be read row by row, a dict key by key.
+    for bad in (x, {"a": x}):
+        with pytest.raises(TypeError, match="calibration_batches must be a sequence"):
+            prune_oneshot(fn, {"w": w}, bad, method="wanda")
+    with pytest.raises(ValueError, match=r"calibration_batches\[1\]: the batch is empty"):
+        prune_oneshot(fn, {"w": w}, [x, jnp.zeros((0, 8))], method="wanda")
+    _, masks = prune_oneshot(fn, {"w": w}, (b for b in [x]), method="wanda")  # a generator
+    assert int(masks["w"].sum()) == 16
+
+
 def test_runner_options_refused_before_the_calibration_pass():
     # Checked up front, for every method (a calibration pass of an LLM takes minutes).
     calls = []

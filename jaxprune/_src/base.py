@@ -56,6 +56,9 @@ def check_sparsity(value: Any, name: str, *, allow_one: bool = False) -> None:
     """
     if isinstance(value, jax.core.Tracer):
         return
+    # A bool or a string would convert to a float (True is 1.0, "0.5" is 0.5): refused.
+    if isinstance(value, bool | str | bytes) or np.asarray(value).dtype.kind in "bUSO":
+        raise TypeError(f"{name} must be a real number, got {value!r}")
     try:
         v = float(np.asarray(value))
     except (TypeError, ValueError) as e:

@@ -94,6 +94,8 @@ def _kernel(w: ArrayLike, name: str = "w") -> Array:
         raise TypeError(f"{name} must have a floating-point dtype, got {w.dtype}")
     if w.ndim != 2:
         raise ValueError(f"{name} must be a 2-D (in, out) kernel, got shape {w.shape}")
+    if w.size == 0:
+        raise ValueError(f"{name} is empty (shape {w.shape}): there is nothing to prune")
     return w
 
 
@@ -296,6 +298,8 @@ def hessian_from_inputs(x: ArrayLike) -> Array:
         raise TypeError(f"x must have a floating-point dtype, got {x.dtype}")
     if x.ndim == 0:
         raise ValueError("x must have shape (..., in), got a scalar")
+    if x.shape[-1] == 0:
+        raise ValueError(f"x has no input features (shape {x.shape})")
     x = x.reshape(-1, x.shape[-1]).astype(jnp.float32)
     if x.shape[0] == 0:
         raise ValueError("x has no rows (no calibration tokens)")
@@ -595,6 +599,11 @@ def owl_sparsities(
         if s.size == 0:
             raise ValueError(f"scores_per_layer[{i}] is empty")
         _check_finite(s, f"scores_per_layer[{i}]", "NaN or inf in calibration data?")
+        if not _all(lambda a: a >= 0, s):
+            raise ValueError(
+                f"scores_per_layer[{i}] has negative entries; OWL's scores are magnitudes "
+                "(e.g. |w| times the input norm), >= 0"
+            )
         count = jnp.sum(s > threshold * jnp.mean(s), dtype=jnp.int32)
         ratios.append(int(count) / s.size)
         sizes.append(s.size)

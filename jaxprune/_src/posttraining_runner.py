@@ -412,6 +412,13 @@ def _check_batches(batches: list[Any]) -> None:
     if not batches:
         raise ValueError("calibration_batches is empty; pass at least one batch")
     first, first_def = jax.tree_util.tree_flatten_with_path(batches[0])
+    for b, batch in enumerate(batches):
+        for path, x in jax.tree_util.tree_flatten_with_path(batch)[0]:
+            if np.size(x) == 0:
+                raise ValueError(
+                    f"calibration_batches[{b}]: {_where(path)} is empty (shape {np.shape(x)}): "
+                    "a batch must hold at least one example"
+                )
     for b, batch in enumerate(batches[1:], 1):
         flat, tdef = jax.tree_util.tree_flatten_with_path(batch)
         if tdef != first_def:
@@ -834,6 +841,14 @@ def prune_oneshot(
         blocks = _compile_regex(blocks, "blocks")
     if mesh is not None and not isinstance(mesh, Mesh):
         raise TypeError(f"mesh must be a jax.sharding.Mesh or None, got {mesh!r}")
+    if isinstance(calibration_batches, jax.Array | np.ndarray | dict) or not isinstance(
+        calibration_batches, Iterable
+    ):
+        raise TypeError(
+            "calibration_batches must be a sequence or an iterable of batches (e.g. [x] for one "
+            f"batch x), got {type(calibration_batches).__name__} (an array would be read row "
+            "by row, a dict key by key)"
+        )
     batches = list(calibration_batches)
     _check_batches(batches)
     dp = _data_parallel(mesh, batches) if method != "magnitude" else None
